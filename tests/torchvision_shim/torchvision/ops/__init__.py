@@ -1,0 +1,1 @@
+"""Shim package: see `torchvision/__init__.py`."""
