@@ -1,0 +1,1 @@
+"""Small array operations shared by the model, the predictor and the evaluator."""

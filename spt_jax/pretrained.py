@@ -1,0 +1,83 @@
+"""A converted model on disk: Orbax-saved variables plus `model_spec.json`.
+
+    DIR/model_spec.json   {"format", "sam": SamSpec, "adapters": AdapterSpec, "source"}
+    DIR/variables/        Orbax checkpoint of {'params': ..., ['adapters': ...]}
+
+`load_pretrained(DIR)` needs no flags: the spec says what to build.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from spt_jax.errors import SptUserError
+from spt_jax.models.config import AdapterSpec, SamSpec
+
+SPEC_FILE = "model_spec.json"
+VARIABLES_DIR = "variables"
+FORMAT = "spt_jax.pretrained/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  spec: SamSpec
+  adapters: AdapterSpec
+  variables: dict[str, Any]
+  metadata: dict[str, Any]
+
+
+def save_pretrained(directory: str, spec: SamSpec, variables: dict[str, Any],
+                    adapters: AdapterSpec = AdapterSpec(),
+                    metadata: Optional[dict[str, Any]] = None) -> None:
+  """Writes `variables` and the spec to `directory` (created; must not hold a model)."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, SPEC_FILE)):
+    raise SptUserError(f"{directory} already holds a converted model; choose a new output "
+                       "directory or delete it")
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, VARIABLES_DIR),
+                    jax.tree_util.tree_map(np.asarray, variables))
+  checkpointer.wait_until_finished()
+  document = {"format": FORMAT, "sam": spec.to_dict(),
+              "adapters": dataclasses.asdict(adapters), **(metadata or {})}
+  with open(os.path.join(directory, SPEC_FILE), "w") as f:
+    json.dump(document, f, indent=2)
+
+
+def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
+  """The model spec of a converted model directory (without loading the weights)."""
+  spec_path = os.path.join(directory, SPEC_FILE)
+  if not os.path.isfile(spec_path):
+    raise SptUserError(f"{directory}: not a converted model directory (no {SPEC_FILE}); "
+                       "create one with `python -m weights_conversion.convert_sam`")
+  try:
+    with open(spec_path) as f:
+      document = json.load(f)
+  except json.JSONDecodeError as error:
+    raise SptUserError(f"{spec_path}: not valid JSON ({error})") from None
+  if document.get("format") != FORMAT:
+    raise SptUserError(f"{spec_path}: format {document.get('format')!r}, expected {FORMAT!r}")
+  spec = SamSpec.from_dict(document["sam"], source=spec_path)
+  adapter_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
+  unknown = sorted(set(document.get("adapters", {})) - adapter_fields)
+  if unknown:
+    raise SptUserError(f"{spec_path}: unknown adapter field(s) {unknown}")
+  adapters = AdapterSpec(**document.get("adapters", {}))
+  metadata = {k: v for k, v in document.items() if k not in ("format", "sam", "adapters")}
+  return spec, adapters, metadata
+
+
+def load_pretrained(directory: str) -> Pretrained:
+  """Spec and variables (numpy arrays) of a directory written by `save_pretrained`."""
+  spec, adapters, metadata = load_spec(directory)
+  variables_path = os.path.join(os.path.abspath(directory), VARIABLES_DIR)
+  if not os.path.isdir(variables_path):
+    raise SptUserError(f"{directory}: missing {VARIABLES_DIR}/ (incomplete conversion?)")
+  variables = ocp.StandardCheckpointer().restore(variables_path)
+  return Pretrained(spec, adapters, variables, metadata)

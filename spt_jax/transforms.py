@@ -1,0 +1,67 @@
+"""SAM's pre- and post-processing (Meta's `ResizeLongestSide`, padding, mask upsampling).
+
+Shared by the predictors and the evaluator so both see exactly the same pixels:
+images are resized on the host with PIL's bilinear filter (what Meta's SamPredictor
+does through torchvision), padded at the bottom/right, and low-res mask logits are
+upsampled with torch's bilinear `align_corners=False` rule through interpolation
+matrices (see `spt_jax.ops.resize`).
+"""
+
+import numpy as np
+from PIL import Image
+
+from spt_jax.errors import SptUserError
+from spt_jax.ops.resize import sam_postprocess_matrix
+
+
+def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+  """(h, w) after scaling the longer side to `long_side` (Meta's rounding)."""
+  scale = long_side / max(height, width)
+  return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+  """`image` as an HxWx3 uint8 array, or a `SptUserError` saying what was wrong."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise SptUserError(f"{name}: expected an HxWx3 array, got shape {image.shape}")
+  if image.dtype != np.uint8:
+    raise SptUserError(f"{name}: expected dtype uint8 (values 0..255), got {image.dtype}")
+  return image
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+  """HxWx3 uint8 -> resized uint8 with the longer side `long_side` (PIL bilinear)."""
+  height, width = preprocess_shape(image.shape[0], image.shape[1], long_side)
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
+  """Zero-pads an HxWxC image at the bottom/right to size x size."""
+  height, width = image.shape[:2]
+  return np.pad(image, ((0, size - height), (0, size - width), (0, 0)))
+
+
+def scale_coords(coords: np.ndarray, original_size: tuple[int, int],
+                 long_side: int) -> np.ndarray:
+  """xy coordinates (..., 2) in original pixels -> model input pixels (float32)."""
+  new_h, new_w = preprocess_shape(original_size[0], original_size[1], long_side)
+  scale = np.array([new_w / original_size[1], new_h / original_size[0]])
+  return (np.asarray(coords, np.float64) * scale).astype(np.float32)
+
+
+def postprocess_matrices(low_res: int, image_size: int, input_size: tuple[int, int],
+                         original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """(H0, low_res) and (W0, low_res) matrices: upsample, crop padding, resize to original."""
+  return (sam_postprocess_matrix(low_res, image_size, input_size[0], original_size[0]),
+          sam_postprocess_matrix(low_res, image_size, input_size[1], original_size[1]))
+
+
+def postprocess_masks(low_res_logits: np.ndarray, image_size: int,
+                      input_size: tuple[int, int],
+                      original_size: tuple[int, int]) -> np.ndarray:
+  """Meta's `Sam.postprocess_masks` on the host: (..., l, l) -> (..., H0, W0) logits."""
+  rows, cols = postprocess_matrices(low_res_logits.shape[-1], image_size, input_size,
+                                    original_size)
+  return np.einsum("ph,...hw,qw->...pq", rows, np.asarray(low_res_logits, np.float32),
+                   cols, optimize=True)

@@ -1,0 +1,1 @@
+"""Import/export of PyTorch SAM and SPT checkpoints (Meta's and the SPT authors' layouts)."""
