@@ -1,0 +1,212 @@
+"""Shared logic of the benchmark builders: a manual_dir tree -> validated TFDS examples.
+
+Each benchmark builder only lists its tree (`list_examples`: which image, which mask,
+category, defect type, label); this base reads and checks every file, applies the
+bad-input policy, and writes the examples with TFDS's `array_record` file format.
+
+Features (no TensorFlow needed: plain tensors, bytes and text, which TFDS encodes and
+decodes with numpy alone; `tfds.features.Image` would need TF to encode):
+  image          bytes (Tensor shape=(), dtype=object): the source file as it is
+                 (PNG, JPEG or BMP); decoded by `spt_jax.data.decode.decode_image`.
+  mask           bytes: single-channel PNG, values {0, 255}, original size, binarised by
+                 the benchmark's rule (value > MASK_THRESHOLD; 0 for label-id masks);
+                 all zeros for normal images.
+  category, defect_type, source_path, mask_path   text ("" mask_path for no mask file).
+  label          int64: 0 normal, 1 anomalous.
+  mask_pixels    int64: number of defect pixels.
+  original_size  int32 (2,): (H, W).
+Paths are relative to the manual_dir. Records keep the listing order (sorted), which
+TFDS preserves because shuffling at write time is off (grain shuffles at read time).
+
+Beside the records, the dataset's metadata.json holds, per split, the per-record index
+`{category, defect_type, label, mask_pixels, original_size}` lists (so the pipeline can
+select categories and leave out normal images without reading the records) and
+`skipped`: the files skipped under on_bad_input="skip", with reasons.
+"""
+
+import dataclasses
+import inspect
+import os
+import pathlib
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from spt_jax.data import bad_input
+from spt_jax.data import decode
+from spt_jax.errors import SptUserError
+
+_PROGRESS_EVERY = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class RawExample:
+  """One listed example: image and mask files (absolute) and its annotations.
+
+  label None: anomalous iff the mask has defect pixels (KSDD2, the SPT archive, folders);
+  defect_type None: then "defect" or "good" by that label.
+  mask None: no mask file (a normal image).
+  """
+  image: pathlib.Path
+  mask: pathlib.Path | None
+  category: str
+  defect_type: str | None
+  label: int | None
+
+
+def list_dir(path: pathlib.Path) -> list[str]:
+  """Sorted visible entry names of a directory, [] if it is not one."""
+  if not path.is_dir():
+    return []
+  return sorted(n for n in os.listdir(path) if not n.startswith("."))
+
+
+def image_files(path: pathlib.Path) -> list[pathlib.Path]:
+  """Sorted image files (any IMAGE_EXTENSIONS case) directly in a directory."""
+  return [path / n for n in list_dir(path) if decode.is_image_file(n)
+          and (path / n).is_file()]
+
+
+def found(root: pathlib.Path, depth: int = 2, limit: int = 12) -> str:
+  """A short listing of what is under root, for wrong-root errors."""
+  if not root.exists():
+    return "the folder does not exist"
+  entries = []
+  for name in list_dir(root):
+    entry = name + ("/" if (root / name).is_dir() else "")
+    if depth > 1 and (root / name).is_dir():
+      inner = list_dir(root / name)
+      entry += "{" + ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "") + "}"
+    entries.append(entry)
+  if not entries:
+    return "an empty folder"
+  more = f", ... ({len(entries)} entries)" if len(entries) > limit else ""
+  return ", ".join(entries[:limit]) + more
+
+
+class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder reading a benchmark's tree from manual_dir (module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  # Raw mask pixels > MASK_THRESHOLD are defects (0 for label-id masks).
+  MASK_THRESHOLD = 128
+  # The expected tree, shown in wrong-root errors.
+  LAYOUT = ""
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    cls.MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        f"Place the extracted dataset in manual_dir with this layout:\n{cls.LAYOUT}")
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This builder's source file. TFDS's own lookup for classes inside a package needs
+    the `importlib_resources` backport, which is not a dependency here."""
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, on_bad_input: str = "error", **kwargs):
+    """on_bad_input: "error" or "skip" (spt_jax.data.bad_input); kwargs go to TFDS."""
+    self.on_bad_input = bad_input.check_policy(on_bad_input)
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(self.__doc__ or "").strip(),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+            "mask": tfds.features.Tensor(shape=(), dtype=np.object_),
+            "category": text,
+            "defect_type": text,
+            "label": tfds.features.Scalar(dtype=np.int64),
+            "mask_pixels": tfds.features.Scalar(dtype=np.int64),
+            "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "source_path": text,
+            "mask_path": text,
+        }),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def wrong_root(self, root: pathlib.Path, problem: str) -> SptUserError:
+    """The error for a manual_dir that does not hold this benchmark's layout."""
+    return SptUserError(
+        f"{root}: {problem}; {self.name} expects this layout:\n{self.LAYOUT}\n"
+        f"found: {found(root)}")
+
+  def list_examples(self, root: pathlib.Path,
+                    log: bad_input.BadInputLog) -> dict[str, list[RawExample]]:
+    """The examples of each split under root; problems with files go to `log`.
+
+    Raises `self.wrong_root(...)` when root does not hold the expected layout.
+    """
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    root = pathlib.Path(dl_manager.manual_dir)
+    log = bad_input.BadInputLog(self.on_bad_input, self.name)
+    splits = self.list_examples(root, log)
+    self.info.metadata["skipped"] = {}
+    return {split: self._generate_examples(root, split, examples, log)
+            for split, examples in splits.items()}
+
+  def _generate_examples(self, root, split, examples, log):
+    """Yields (index, example) after reading and checking each listed example."""
+    index = {"category": [], "defect_type": [], "label": [], "mask_pixels": [],
+             "original_size": []}
+    skipped_before = len(log.skipped)
+    for position, raw in enumerate(examples):
+      example = self._read(root, raw, log)
+      if example is not None:
+        for key in index:
+          value = example[key]
+          index[key].append(value.tolist() if isinstance(value, np.ndarray) else value)
+        yield len(index["label"]) - 1, example
+      if (position + 1) % _PROGRESS_EVERY == 0:
+        logging.info("%s/%s: %d/%d files read", self.name, split, position + 1, len(examples))
+    self.info.metadata[split] = index
+    self.info.metadata["skipped"][split] = [
+        [s.path, s.message] for s in log.skipped[skipped_before:]]
+    logging.info("%s/%s: %d examples written, %d skipped", self.name, split,
+                 len(index["label"]), len(log.skipped) - skipped_before)
+
+  def _read(self, root: pathlib.Path, raw: RawExample, log: bad_input.BadInputLog):
+    """The example dict for `raw`, or None if it was skipped."""
+    try:
+      image_bytes = decode.read_bytes(raw.image)
+      height, width = decode.image_size(image_bytes, str(raw.image))
+      if raw.mask is None:
+        mask = np.zeros((height, width), bool)
+      else:
+        mask = decode.binarise_mask(
+            decode.read_bytes(raw.mask), str(raw.mask), self.MASK_THRESHOLD)
+        if mask.shape != (height, width):
+          raise SptUserError(
+              f"{raw.mask}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
+              f"{raw.image} is {height}x{width}; expected the same size")
+    except SptUserError as e:
+      log.bad(str(raw.image), str(e))
+      return None
+    pixels = int(mask.sum())
+    label = int(pixels > 0) if raw.label is None else raw.label
+    if label == 1 and pixels == 0:
+      log.bad(str(raw.image),
+              f"{raw.mask}: no mask pixel is above {self.MASK_THRESHOLD}; expected the "
+              f"defect of the anomalous image {raw.image}")
+      return None
+    return {
+        "image": image_bytes,
+        "mask": decode.encode_mask_png(mask),
+        "category": raw.category,
+        "defect_type": raw.defect_type or ("defect" if label else "good"),
+        "label": label,
+        "mask_pixels": pixels,
+        "original_size": np.array([height, width], np.int32),
+        "source_path": os.path.relpath(raw.image, root),
+        "mask_path": "" if raw.mask is None else os.path.relpath(raw.mask, root),
+    }
