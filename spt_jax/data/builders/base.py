@@ -48,12 +48,15 @@ class RawExample:
   label None: anomalous iff the mask has defect pixels (KSDD2, the SPT archive, folders);
   defect_type None: then "defect" or "good" by that label.
   mask None: no mask file (a normal image).
+  problem: what is wrong with this entry (e.g. its mask is missing), naming the files and
+    what was expected; it is then an error or a skip, by the bad-input policy.
   """
   image: pathlib.Path
   mask: pathlib.Path | None
   category: str
   defect_type: str | None
   label: int | None
+  problem: str | None = None
 
 
 def list_dir(path: pathlib.Path) -> list[str]:
@@ -139,9 +142,8 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         f"{root}: {problem}; {self.name} expects this layout:\n{self.LAYOUT}\n"
         f"found: {found(root)}")
 
-  def list_examples(self, root: pathlib.Path,
-                    log: bad_input.BadInputLog) -> dict[str, list[RawExample]]:
-    """The examples of each split under root; problems with files go to `log`.
+  def list_examples(self, root: pathlib.Path) -> dict[str, list[RawExample]]:
+    """The examples of each split under root, in a fixed (sorted) order.
 
     Raises `self.wrong_root(...)` when root does not hold the expected layout.
     """
@@ -149,17 +151,16 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
-    log = bad_input.BadInputLog(self.on_bad_input, self.name)
-    splits = self.list_examples(root, log)
+    splits = self.list_examples(root)
     self.info.metadata["skipped"] = {}
-    return {split: self._generate_examples(root, split, examples, log)
+    return {split: self._generate_examples(root, split, examples)
             for split, examples in splits.items()}
 
-  def _generate_examples(self, root, split, examples, log):
+  def _generate_examples(self, root, split, examples):
     """Yields (index, example) after reading and checking each listed example."""
+    log = bad_input.BadInputLog(self.on_bad_input, f"{self.name}/{split}")
     index = {"category": [], "defect_type": [], "label": [], "mask_pixels": [],
              "original_size": []}
-    skipped_before = len(log.skipped)
     for position, raw in enumerate(examples):
       example = self._read(root, raw, log)
       if example is not None:
@@ -170,13 +171,15 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if (position + 1) % _PROGRESS_EVERY == 0:
         logging.info("%s/%s: %d/%d files read", self.name, split, position + 1, len(examples))
     self.info.metadata[split] = index
-    self.info.metadata["skipped"][split] = [
-        [s.path, s.message] for s in log.skipped[skipped_before:]]
+    self.info.metadata["skipped"][split] = [[s.path, s.message] for s in log.skipped]
     logging.info("%s/%s: %d examples written, %d skipped", self.name, split,
-                 len(index["label"]), len(log.skipped) - skipped_before)
+                 len(index["label"]), len(log.skipped))
 
   def _read(self, root: pathlib.Path, raw: RawExample, log: bad_input.BadInputLog):
     """The example dict for `raw`, or None if it was skipped."""
+    if raw.problem:
+      log.bad(str(raw.image), raw.problem)
+      return None
     try:
       image_bytes = decode.read_bytes(raw.image)
       height, width = decode.image_size(image_bytes, str(raw.image))

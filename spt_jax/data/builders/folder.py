@@ -48,7 +48,7 @@ class FolderDataset(base.ManualDirBuilder):
   def MASK_THRESHOLD(self) -> int:  # pylint: disable=invalid-name
     return self.builder_config.mask_threshold
 
-  def list_examples(self, root, log):
+  def list_examples(self, root):
     config = self.builder_config
     if config is None:
       raise SptUserError("folder_dataset needs a FolderConfig (images, masks, mask_name)")
@@ -58,12 +58,12 @@ class FolderDataset(base.ManualDirBuilder):
     examples = []
     for image in images:
       mask = root / config.masks / config.mask_name.format(stem=image.stem)
+      problem = None
       if not mask.is_file():
         if config.missing_mask == "error":
-          log.bad(str(image), f"{image}: missing mask; expected {mask} (or set "
-                  "missing_mask='normal' to take images without masks as normal)")
-          continue
+          problem = (f"{image}: missing mask; expected {mask} (or set "
+                     "missing_mask='normal' to take images without masks as normal)")
         mask = None
-      examples.append(
-          base.RawExample(image, mask, config.category or config.name, None, None))
+      examples.append(base.RawExample(
+          image, mask, config.category or config.name, None, None, problem))
     return {config.split: examples}

@@ -16,18 +16,16 @@ class Ksdd2(base.ManualDirBuilder):
   MASK_THRESHOLD = 0
   SPLITS = ("train", "test")
 
-  def list_examples(self, root, log):
+  def list_examples(self, root):
     splits = {}
     for split in self.SPLITS:
       for image in base.image_files(root / split):
         if image.stem.endswith(_GT_SUFFIX):
           continue
         mask = image.with_name(image.stem + _GT_SUFFIX + ".png")
-        if not mask.is_file():
-          log.bad(str(image), f"{image}: missing ground-truth mask; expected {mask}")
-          continue
+        problem = None if mask.is_file() else f"{image}: missing mask; expected {mask}"
         splits.setdefault(split, []).append(
-            base.RawExample(image, mask, "ksdd2", None, None))
+            base.RawExample(image, mask, "ksdd2", None, None, problem))
     if not splits:
       raise self.wrong_root(root, "no <id>.png images in train/ or test/")
     return splits

@@ -8,7 +8,6 @@ categories (grid, screw, zipper) are grayscale; the decoder makes them RGB.
 
 import pathlib
 
-from spt_jax.data import bad_input
 from spt_jax.data.builders import base
 
 
@@ -35,32 +34,28 @@ class MvtecAd(base.ManualDirBuilder):
       raise self.wrong_root(root, "no category folder holding train/ or test/" + hint)
     return cats
 
-  def find_mask(self, root: pathlib.Path, category: str, defect: str,
-                image: pathlib.Path, log: bad_input.BadInputLog) -> pathlib.Path | None:
-    """The mask of an anomalous image, or None after reporting it missing to `log`."""
+  def anomalous(self, root: pathlib.Path, category: str, defect: str,
+                image: pathlib.Path) -> base.RawExample:
+    """The entry of an anomalous image, with its mask or the problem of a missing one."""
     folder = root / category / "ground_truth" / defect
     candidates = [folder / n.format(stem=image.stem) for n in self.MASK_NAMES]
     for candidate in candidates:
       if candidate.is_file():
-        return candidate
-    log.bad(str(image), f"{image}: missing mask for this anomalous image; expected "
-            + " or ".join(str(c) for c in candidates))
-    return None
+        return base.RawExample(image, candidate, category, defect, 1)
+    return base.RawExample(
+        image, None, category, defect, 1,
+        problem=f"{image}: missing mask for this anomalous image; expected "
+        + " or ".join(str(c) for c in candidates))
 
-  def list_examples(self, root, log):
+  def list_examples(self, root):
     splits = {}
     for category in self.categories(root):
       for split in self.SPLITS:
         for defect in base.list_dir(root / category / split):
           for image in base.image_files(root / category / split / defect):
-            if defect == self.NORMAL:
-              mask, label = None, 0
-            else:
-              mask, label = self.find_mask(root, category, defect, image, log), 1
-              if mask is None:
-                continue
             splits.setdefault(split, []).append(
-                base.RawExample(image, mask, category, defect, label))
+                base.RawExample(image, None, category, defect, 0) if defect == self.NORMAL
+                else self.anomalous(root, category, defect, image))
     if not splits:
       raise self.wrong_root(root, "no image files in <category>/train or <category>/test")
     return splits

@@ -14,7 +14,7 @@ class SptArchive(base.ManualDirBuilder):
 
   LAYOUT = "<root>/<dataset>/test/<name>.jpg\n<root>/<dataset>/test/<name>.png"
 
-  def list_examples(self, root, log):
+  def list_examples(self, root):
     examples = []
     for dataset in base.list_dir(root):
       folder = root / dataset / "test"
@@ -22,10 +22,8 @@ class SptArchive(base.ManualDirBuilder):
         if image.suffix.lower() != ".jpg":
           continue
         mask = image.with_suffix(".png")
-        if not mask.is_file():
-          log.bad(str(image), f"{image}: missing mask; expected {mask}")
-          continue
-        examples.append(base.RawExample(image, mask, dataset, None, None))
+        problem = None if mask.is_file() else f"{image}: missing mask; expected {mask}"
+        examples.append(base.RawExample(image, mask, dataset, None, None, problem))
     if not examples:
       raise self.wrong_root(root, "no <dataset>/test/<name>.jpg images")
     return {"test": examples}

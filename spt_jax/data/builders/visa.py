@@ -23,7 +23,7 @@ class Visa(base.ManualDirBuilder):
             "<root>/<object>/Data/Masks/Anomaly/<name>.png  (label ids)")
   MASK_THRESHOLD = 0
 
-  def list_examples(self, root, log):
+  def list_examples(self, root):
     table = root / "split_csv" / "1cls.csv"
     if not table.is_file():
       raise self.wrong_root(root, f"no split file {table}")
@@ -35,21 +35,17 @@ class Visa(base.ManualDirBuilder):
     splits = {}
     for line, row in enumerate(rows, start=2):
       where = f"{table} line {line}"
-      label = _LABELS.get(row["label"])
-      if label is None:
-        log.bad(where, f"{where}: label {row['label']!r}; expected one of {sorted(_LABELS)}")
-        continue
       image = root / row["image"]
-      if not image.is_file():
-        log.bad(str(image), f"{image} (listed in {where}): no such image file")
-        continue
-      mask = None
-      if label:
-        mask = root / row["mask"] if row["mask"] else None
-        if mask is None or not mask.is_file():
-          log.bad(str(image), f"{image}: missing mask for this anomalous image; expected "
-                  f"{mask or 'a mask path'} (from {where})")
-          continue
+      label = _LABELS.get(row["label"])
+      mask = root / row["mask"] if label and row["mask"] else None
+      problem = None
+      if label is None:
+        problem = f"{where}: label {row['label']!r}; expected one of {sorted(_LABELS)}"
+      elif not image.is_file():
+        problem = f"{image} (listed in {where}): no such image file"
+      elif label and (mask is None or not mask.is_file()):
+        problem = (f"{image}: missing mask for this anomalous image; expected "
+                   f"{mask or 'a mask path'} (from {where})")
       splits.setdefault(row["split"], []).append(
-          base.RawExample(image, mask, row["object"], row["label"], label))
+          base.RawExample(image, mask, row["object"], row["label"], label, problem))
     return splits
