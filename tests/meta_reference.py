@@ -6,11 +6,30 @@ tensor so each one matters in the parity tests.
 """
 
 from functools import partial
+import importlib.util
+import os
+import sys
 
 import numpy as np
 import pytest
 
+_SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_shim")
+
+
+def _use_torchvision_shim_if_needed():
+  """Puts the test-only torchvision shim on sys.path unless a working one is installed."""
+  if importlib.util.find_spec("torchvision") is not None:
+    try:
+      import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      return
+    except Exception:  # pylint: disable=broad-except  (PyPI build beside torch 2.13 fails)
+      sys.modules.pop("torchvision", None)
+  if _SHIM_DIR not in sys.path:
+    sys.path.insert(0, _SHIM_DIR)
+
+
 torch = pytest.importorskip("torch")
+_use_torchvision_shim_if_needed()
 segment_anything = pytest.importorskip("segment_anything")
 from segment_anything import modeling as meta  # pylint: disable=g-import-not-at-top
 
@@ -61,7 +80,7 @@ def save_state_dict(model, path):
   return path
 
 
-def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+def make_test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
   """A smooth, non-square RGB uint8 image with structure (gradients and blobs)."""
   rng = np.random.default_rng(seed)
   ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
