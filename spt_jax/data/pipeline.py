@@ -4,8 +4,10 @@
 its fields) and returns a `DataPipeline`; `iter(pipeline)` is grain's checkpointable
 iterator (`get_state()` -> bytes, `set_state(bytes)`; grain's PyGrainCheckpointHandler
 saves it with Orbax). Records are read from the TFDS `array_record` files through a
-random-access source, shuffled by `seed` (a new order each epoch), sharded over JAX
-processes (`jax.process_index()` of `jax.process_count()`), transformed in `worker_count`
+random-access source, sharded over JAX processes (process i of n takes every n-th
+selected record from the i-th, so each sees every category; with drop_remainder the
+shards are cut to equal length, otherwise every record is read exactly once), shuffled
+by `seed` within the process's shard (a new order each epoch), transformed in `worker_count`
 worker processes (0: in this process) and batched. Random transformations draw from a
 generator derived from `seed` and the record's position in the sampler's order, so the
 data are the same whatever the worker count, and a restored iterator goes on with exactly
@@ -51,6 +53,7 @@ from typing import Any, Mapping
 from absl import flags
 from absl import logging
 import grain.python as grain
+import jax
 import numpy as np
 
 from spt_jax.data import augment
@@ -221,6 +224,7 @@ class DataPipeline:
   """A grain DataLoader plus what was selected, left out and skipped.
 
   num_examples: examples per epoch over all processes (after leaving normals out).
+  num_local_examples: those this process reads per epoch (its shard).
   num_normal_left_out: normal images (empty masks) of the selected categories left out.
   skipped_at_build: [[path, message], ...] skipped in this split when it was built.
   """
@@ -228,6 +232,7 @@ class DataPipeline:
   config: DataConfig
   categories: tuple[str, ...]
   num_examples: int
+  num_local_examples: int
   num_normal_left_out: int
   skipped_at_build: list[list[str]]
 
@@ -288,6 +293,18 @@ def _select(config: DataConfig, builder) -> tuple[np.ndarray, tuple[str, ...], i
   return indices, tuple(sorted(set(wanted))), num_normal
 
 
+def _shard(indices: np.ndarray, drop_remainder: bool) -> np.ndarray:
+  """This JAX process's records: every process_count-th, from its process_index."""
+  count, index = jax.process_count(), jax.process_index()
+  if drop_remainder:
+    indices = indices[:len(indices) - len(indices) % count]
+  local = indices[index::count]
+  if not len(local):
+    raise SptUserError(f"{len(indices)} examples cannot feed {count} processes "
+                       "(some would get none)")
+  return local
+
+
 def _check_canvas(config: DataConfig, source, indices: np.ndarray, sizes: np.ndarray):
   too_big = np.flatnonzero(sizes[indices].max(axis=1) > config.original_canvas)
   if len(too_big):
@@ -308,20 +325,20 @@ def make_pipeline(config: DataConfig | Mapping[str, Any] | Any) -> DataPipeline:
   if config.original_canvas:
     sizes = np.asarray(builder.info.metadata[config.split]["original_size"])
     _check_canvas(config, source, indices, sizes)
-  source = _IndexedSource(source, indices, f"{builder.name}/{config.split}")
+  local = _shard(indices, config.drop_remainder)
+  source = _IndexedSource(source, local, f"{builder.name}/{config.split}")
   if config.worker_count and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.ShardByJaxProcess(drop_remainder=config.drop_remainder),
-      shuffle=config.shuffle, num_epochs=config.num_epochs, seed=config.seed)
+  sampler = grain.IndexSampler(num_records=len(source), shuffle=config.shuffle,
+                               num_epochs=config.num_epochs, seed=config.seed)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[_Decode(), _Geometry(config), _Prompts(config.prompt),
                   grain.Batch(config.batch_size, drop_remainder=config.drop_remainder)],
       worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size)
   pipeline = DataPipeline(
-      loader=loader, config=config, categories=categories, num_examples=len(source),
+      loader=loader, config=config, categories=categories, num_examples=len(indices),
+      num_local_examples=len(local),
       num_normal_left_out=0 if config.keep_normal else num_normal,
       skipped_at_build=builders.skipped_files(builder).get(config.split, []))
   logging.info("%s", pipeline.summary())

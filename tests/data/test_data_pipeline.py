@@ -34,8 +34,8 @@ def config(directory, **fields):
 
 def training(directory, **fields):
   """Training on the defect images (the synthetic train split, like MVTec's, is normal)."""
-  return config(directory, augment=True, shuffle=True, num_epochs=None,
-                drop_remainder=True, **fields)
+  return config(directory, **{**dict(augment=True, shuffle=True, num_epochs=None,
+                                    drop_remainder=True), **fields})
 
 
 def batches(loaded_or_iterator, count):
@@ -124,7 +124,10 @@ def test_sharding_over_jax_processes(synthetic_dir, monkeypatch):
     loaded = pipeline.make_pipeline(config(synthetic_dir, batch_size=1))
     seen.append([p for batch in loaded for p in batch["source_path"].tolist()])
   assert not set(seen[0]) & set(seen[1])
-  assert len(seen[0]) + len(seen[1]) == 9
+  assert len(seen[0]) + len(seen[1]) == 9  # Uneven shards: every example once.
+  assert {p.split(b"/")[0] for p in seen[1]} == {b"washer", b"woven"}
+  equal = pipeline.make_pipeline(config(synthetic_dir, batch_size=1, drop_remainder=True))
+  assert (equal.num_examples, equal.num_local_examples) == (9, 4)
 
 
 def test_config_dict_and_defaults(synthetic_dir):
