@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its numbers beside a reference measured or stated in the same run."""

@@ -81,6 +81,8 @@ class DataConfig:
     synthetic.ensure_synthetic_dataset (categories, image_size, counts, seed).
   categories: categories to read (empty: all).
   original_canvas: C, to emit original_mask (C, C); every image must fit in it.
+  read_threads, read_prefetch: threads reading records and records read ahead, per
+    process (grain ReadOptions; records hold encoded images, about 1 MB at 1024 px).
   on_bad_input: "error" or "skip" when building; rebuild: build again even if built.
   """
   dataset: str = SYNTHETIC
@@ -106,6 +108,8 @@ class DataConfig:
   num_epochs: int | None = 1
   worker_count: int = 0
   worker_buffer_size: int = 1
+  read_threads: int = 4
+  read_prefetch: int = 64
   on_bad_input: str = "error"
   rebuild: bool = False
 
@@ -140,6 +144,8 @@ class DataConfig:
       problems.append(f"image_size={self.image_size}: expected >= 16")
     if self.batch_size < 1:
       problems.append(f"batch_size={self.batch_size}: expected >= 1")
+    if not 0 <= self.seed < 2 ** 32:
+      problems.append(f"seed={self.seed}: expected an integer in [0, 2**32)")
     if not 0 < self.lsj_min_scale <= self.lsj_max_scale:
       problems.append("expected 0 < lsj_min_scale <= lsj_max_scale")
     if self.augment and self.original_canvas:
@@ -335,7 +341,9 @@ def make_pipeline(config: DataConfig | Mapping[str, Any] | Any) -> DataPipeline:
       data_source=source, sampler=sampler,
       operations=[_Decode(), _Geometry(config), _Prompts(config.prompt),
                   grain.Batch(config.batch_size, drop_remainder=config.drop_remainder)],
-      worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size)
+      worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size,
+      read_options=grain.ReadOptions(num_threads=config.read_threads,
+                                     prefetch_buffer_size=config.read_prefetch))
   pipeline = DataPipeline(
       loader=loader, config=config, categories=categories, num_examples=len(indices),
       num_local_examples=len(local),

@@ -48,22 +48,28 @@ def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int],
 
   window: (top, left, h, w) of the resized image to compute; default all of it.
   Returns float32 (h, w[, C]). Interpolates along x inside, then along y, in float32,
-  the order of torch's CPU kernel.
+  the order of torch's CPU kernel; the x pass runs once per source row needed.
   """
   out_h, out_w = out_hw
   top, left, h, w = window if window is not None else (0, 0, out_h, out_w)
   y0, y1, wy0, wy1 = _torch_linear_taps(x.shape[0], out_h, top, h)
   x0, x1, wx0, wx1 = _torch_linear_taps(x.shape[1], out_w, left, w)
-  expand = (slice(None), None) if x.ndim == 3 else (slice(None),)
-  wx0, wx1 = wx0[expand], wx1[expand]
+  rows, inverse = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+  source = np.take(x, rows, axis=0).astype(np.float32)
+  trailing = (1,) * (x.ndim - 2)
+  wx0, wx1 = wx0.reshape((-1,) + trailing), wx1.reshape((-1,) + trailing)
+  along_x = _weighted_sum(np.take(source, x0, axis=1), wx0, np.take(source, x1, axis=1), wx1)
+  wy0, wy1 = wy0.reshape((-1, 1) + trailing), wy1.reshape((-1, 1) + trailing)
+  return _weighted_sum(np.take(along_x, inverse[:h], axis=0), wy0,
+                       np.take(along_x, inverse[h:], axis=0), wy1)
 
-  def along_x(rows):
-    rows = rows.astype(np.float32)
-    return rows[:, x0] * wx0 + rows[:, x1] * wx1
 
-  wy0 = wy0.reshape((-1,) + (1,) * (x.ndim - 1))
-  wy1 = wy1.reshape((-1,) + (1,) * (x.ndim - 1))
-  return along_x(x[y0]) * wy0 + along_x(x[y1]) * wy1
+def _weighted_sum(a, wa, b, wb):
+  """a * wa + b * wb, in place in the fresh arrays a and b (same rounding)."""
+  a *= wa
+  b *= wb
+  a += b
+  return a
 
 
 def resize_image_pil(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
