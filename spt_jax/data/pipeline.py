@@ -42,8 +42,11 @@ large-scale jitter (spt_jax.data.augment) replace the resize. Normal images (emp
 masks) are left out unless keep_normal, and counted in `DataPipeline.num_normal_left_out`;
 files skipped when the dataset was built (on_bad_input="skip") are reported as well.
 
-Typical training config: split="train", augment=True, shuffle=True, num_epochs=None,
-drop_remainder=True; evaluation: the defaults (split="test", one ordered epoch).
+Typical training config: augment=True, shuffle=True, num_epochs=None,
+drop_remainder=True, on a split and categories that hold defect images (MVTec-style
+train splits hold normal images only, so promptable segmentation trains on the test
+split of other categories or data sets and is evaluated on held-out ones); evaluation:
+the defaults (split="test", one epoch in order).
 """
 
 import dataclasses
@@ -144,6 +147,8 @@ class DataConfig:
       problems.append(f"image_size={self.image_size}: expected >= 16")
     if self.batch_size < 1:
       problems.append(f"batch_size={self.batch_size}: expected >= 1")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      problems.append(f"num_epochs={self.num_epochs}: expected None (forever) or >= 1")
     if not 0 <= self.seed < 2 ** 32:
       problems.append(f"seed={self.seed}: expected an integer in [0, 2**32)")
     if not 0 < self.lsj_min_scale <= self.lsj_max_scale:

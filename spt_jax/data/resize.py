@@ -9,7 +9,8 @@ Two protocols (config `resize`):
            the float image, then truncated to uint8 (the authors' `astype(np.uint8)`);
            the mask as 0/255 float, then > 128 (the authors' masks_to_boxes rule).
            input_size = (S, S).
-`resize_bilinear` reproduces torch's rule in numpy and can compute only a window of the
+`resize_bilinear` reproduces torch's rule in numpy (to float32 rounding: after the
+truncation to uint8 a rare value differs by 1) and can compute only a window of the
 output, which the large-scale-jitter augmentation uses to skip the cropped-away part.
 """
 

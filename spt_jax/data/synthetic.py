@@ -19,12 +19,16 @@ line, bright on metal, dark elsewhere), crack (jagged dark line with branches), 
 (irregular tinted blob), hole (dark irregular pit, or background seen through a part),
 contamination (a cluster of particles or a fibre; often several regions), colour_shift
 (irregular region of shifted colour or brightness), missing_piece (a chunk of a part's
-edge gone, the background showing). Every pixel of a defect mask was changed by the
-defect (at least a third of the way to the defect's appearance) and no other pixel was,
+edge gone, the background showing). The defect changed (practically) every pixel of its
+mask, by at least a third of the way to the defect's appearance, and no other pixel,
 apart from the sensor noise that every image, normal or not, gets.
 
-Each image has its own generator seeded from (seed, category, split, defect, number), so
-choosing fewer categories or images leaves the others' files unchanged.
+As in MVTec AD, the train split holds normal images only: to fine-tune a promptable
+model, train on the test split of some categories and evaluate on the others, e.g.
+DataConfig(split="test", categories=CATEGORY_NAMES[:6], augment=True, ...) and
+DataConfig(split="test", categories=CATEGORY_NAMES[6:]). Each image has its own
+generator seeded from (seed, category, split, defect, number), so choosing fewer
+categories or images leaves the others' files unchanged.
 """
 
 import dataclasses
@@ -470,8 +474,8 @@ def _save_png(array: np.ndarray, path: pathlib.Path):
 
 
 def write_tree(root: str | os.PathLike, categories: Sequence[str] = CATEGORY_NAMES, *,
-               image_size: int = 256, num_train: int = 6, num_test_good: int = 2,
-               num_test_per_defect: int = 3, seed: int = 0) -> None:
+               image_size: int = 256, num_train: int = 4, num_test_good: int = 2,
+               num_test_per_defect: int = 2, seed: int = 0) -> None:
   """Writes the set in the MVTec AD layout under root.
 
   <root>/<category>/train/good/NNN.png, test/good/NNN.png, test/<defect>/NNN.png and

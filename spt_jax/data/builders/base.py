@@ -72,16 +72,16 @@ def image_files(path: pathlib.Path) -> list[pathlib.Path]:
           and (path / n).is_file()]
 
 
-def found(root: pathlib.Path, depth: int = 2, limit: int = 12) -> str:
-  """A short listing of what is under root, for wrong-root errors."""
+def found(root: pathlib.Path, limit: int = 12) -> str:
+  """A short two-level listing of what is under root, for wrong-root errors."""
   if not root.exists():
     return "the folder does not exist"
   entries = []
   for name in list_dir(root):
-    entry = name + ("/" if (root / name).is_dir() else "")
-    if depth > 1 and (root / name).is_dir():
+    entry = name
+    if (root / name).is_dir():
       inner = list_dir(root / name)
-      entry += "{" + ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "") + "}"
+      entry += "/{" + ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "") + "}"
     entries.append(entry)
   if not entries:
     return "an empty folder"
@@ -107,8 +107,11 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
-    """This builder's source file. TFDS's own lookup for classes inside a package needs
-    the `importlib_resources` backport, which is not a dependency here."""
+    """This builder's source file.
+
+    TFDS's own lookup, for classes inside a package, needs the `importlib_resources`
+    backport, which is not a dependency here.
+    """
     return epath.Path(inspect.getfile(cls))
 
   def __init__(self, *, on_bad_input: str = "error", **kwargs):
