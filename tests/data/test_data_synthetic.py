@@ -9,6 +9,7 @@ from PIL import Image
 
 from spt_jax.data import pipeline
 from spt_jax.data import synthetic
+from spt_jax.errors import SptUserError
 
 tfds.disable_progress_bar()
 
@@ -88,5 +89,5 @@ def test_default_set_builds_in_seconds_and_is_reused(tmp_path):
 
 
 def test_unknown_category(tmp_path):
-  with pytest.raises(synthetic.SptUserError, match=r"synthetic categories \['leather'\]"):
+  with pytest.raises(SptUserError, match=r"synthetic categories \['leather'\]"):
     synthetic.ensure_synthetic_dataset(tmp_path, ("leather",))
