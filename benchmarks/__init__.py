@@ -1,1 +1,0 @@
-"""Benchmarks: each prints its numbers beside a reference measured or stated in the same run."""

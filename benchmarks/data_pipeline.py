@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
+from benchmarks import common
 from spt_jax.data import augment
 from spt_jax.data import decode
 from spt_jax.data import pipeline
@@ -87,10 +88,9 @@ def main(argv):
   del argv
   tfds.disable_progress_bar()
   data_dir = _DATA_DIR.value or os.path.join(tempfile.gettempdir(), "spt_jax_bench_data")
-  start = time.perf_counter()
-  pipeline.make_pipeline(training_config(data_dir, 0))
+  _, seconds = common.timed(lambda: pipeline.make_pipeline(training_config(data_dir, 0)))
   print(f"synthetic set ({_SOURCE_SIZE.value} px, {', '.join(_CATEGORIES.value)}) ready in "
-        f"{time.perf_counter() - start:.1f} s (generated once, then reused)")
+        f"{seconds:.1f} s (generated once, then reused)")
   print(f"per image at S={_IMAGE_SIZE.value}, in-process:")
   for stage, seconds in time_stages(data_dir).items():
     print(f"  {stage:14s} {1000 * seconds:7.1f} ms")
