@@ -50,7 +50,6 @@ _FUSED = {
     "pallas_gpu": relation_pallas_gpu,
 }
 _AUTO = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}
-_KERNEL_PLATFORM = {"pallas_tpu": "tpu", "pallas_gpu": "gpu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +90,8 @@ def _resolve_impl(impl, options):
   if impl not in IMPLS:
     raise SptUserError(
         f"relation_attention: impl must be one of {IMPLS}, got {impl!r}")
-  platform = jax.default_backend()
   if impl == "auto":
-    impl = _AUTO.get(platform, "xla")
+    impl = _AUTO.get(jax.default_backend(), "xla")
   if impl == "reference":
     if options:
       raise SptUserError(
@@ -107,12 +105,6 @@ def _resolve_impl(impl, options):
     raise SptUserError(
         f"relation_attention: unknown option(s) {unknown} for impl={impl!r}; "
         f"expected some of {valid}")
-  kernel_platform = _KERNEL_PLATFORM.get(impl)
-  if (kernel_platform and kernel_platform != platform
-      and not options.get("interpret")):
-    raise SptUserError(
-        f"relation_attention: impl={impl!r} runs on {kernel_platform}, but "
-        f"the backend is {platform}; pass interpret=True to emulate it")
   return impl
 
 
@@ -144,7 +136,8 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
     alpha: sparsification strength >= 0 (a Python number; 0 disables it).
     impl: one of IMPLS.
     **options: keyword options of the chosen implementation:
-      xla: block_q, block_k (rows per scan step, default 64 / 64);
+      xla: block_q, block_q_bwd (query rows per loop step of the forward
+        and the backward, default 64 / 256);
       pallas_tpu: block_q, block_k (multiples of 128, default 256 / 256),
         interpret (True or pltpu.InterpretParams() to run on CPU);
       pallas_gpu: block_q, block_k, block_d (powers of two, default
@@ -155,7 +148,9 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
 
   Raises:
     SptUserError: wrong ranks or dtypes, mismatched B or N, alpha < 0, an
-      unknown impl or option, or a kernel asked for on another platform.
+      unknown impl or option, or a bad block size. (A Pallas impl on a
+      backend it does not target fails in JAX's lowering instead: this keeps
+      cross-platform lowering and export possible.)
   """
   _check_array("relation_attention", "e", e, 3, "(B, N, C)")
   _check_array("relation_attention", "v", v, 3, "(B, N, D)")

@@ -1,11 +1,12 @@
 """Relation attention as blocked XLA: the memory-lean path for CPU.
 
-The forward scans over query blocks; each step holds full rows of scores
-(block_q, N), so the row statistics (lse, zinv) come out directly. The backward
-runs two scans that mirror the Pallas kernels: one over query blocks for the row
-term dS En of dEn, one over key blocks for the column term dS^T En and dV, whose
-last step also chains through the L2 normalisation. Live memory is O(N * block)
-for the score blocks plus O(N * C) for the row term: never N x N.
+Both passes loop over query blocks, each step holding full rows of scores
+(block_q, N), never the N x N matrix. The forward produces the row statistics
+(lse, zinv) directly. The backward recomputes the weights of the block from
+them and accumulates, in one loop, dV (N, D), the row term dS En of dEn (the
+block's rows) and the column term dS^T En (all rows); it ends with the chain
+through the L2 normalisation. Live memory is O(N * block_q) for the score
+blocks plus the O(N * (C + D)) accumulators, the size of the gradients.
 
 The normalised embedding is never materialised: a block of cosines is the raw
 product of E rows scaled by both rows' inverse norms, and gradients w.r.t. En
@@ -20,25 +21,36 @@ import jax.numpy as jnp
 from spt_jax.kernels import relation_common as rc
 
 DEFAULT_BLOCK_Q = 64
-DEFAULT_BLOCK_K = 64
+DEFAULT_BLOCK_Q_BWD = 256
 
 
-def _blocks(x, block):
-  """(N, ...) -> (N_pad / block, block, ...), zero rows appended."""
-  n_pad = rc.round_up(x.shape[0], block)
-  x = rc.pad_axis(x, 0, n_pad)
-  return x.reshape(n_pad // block, block, *x.shape[1:])
+def _block_loop(n, block, body, init):
+  """Runs body(start, fresh, carry) over row blocks [start, start + block).
+
+  The last block is shifted back to end at row n instead of being padded;
+  fresh (block, 1) marks its rows that the previous block did not cover (a
+  body that accumulates must ignore the others). Results are written in place
+  into carried (n, ...) buffers: no blocked copy of any input or output.
+  """
+  def step(i, carry):
+    start = jnp.minimum(i * block, n - block)
+    fresh = (start + jnp.arange(block) >= i * block)[:, None]
+    return body(start, fresh, carry)
+  return jax.lax.fori_loop(0, -(-n // block), step, init)
 
 
-def _unblock(x, n):
-  """(blocks, block, ...) -> (n, ...)."""
-  return x.reshape(-1, *x.shape[2:])[:n]
+def _rows(x, start, block):
+  return jax.lax.dynamic_slice_in_dim(x, start, block)
 
 
-def _scores(e_q, inv_q, q_start, e_k, inv_k, k_start, n_keys=None):
+def _put_rows(x, start, rows):
+  return jax.lax.dynamic_update_slice_in_dim(x, rows.astype(x.dtype), start, 0)
+
+
+def _scores(e_q, inv_q, q_start, e_k, inv_k, k_start):
   """Masked cosine scores of e_q (m, C) against e_k (n, C) -> (m, n) f32."""
   g = rc.dot_nt(e_q, e_k) * inv_q * inv_k.T
-  return rc.mask_scores(g, q_start, k_start, n_keys)
+  return rc.mask_scores(g, q_start, k_start)
 
 
 def _forward_one(e, v, *, threshold, block_q):
@@ -47,75 +59,73 @@ def _forward_one(e, v, *, threshold, block_q):
   block_q = min(block_q, n)
   inv = rc.inverse_row_norm(e)
 
-  def step(_, xs):
-    start, e_q, inv_q = xs
-    s = _scores(e_q, inv_q, start, e, inv, 0)
-    lse = jax.nn.logsumexp(s, axis=-1, keepdims=True)
-    p = rc.probs_from_stats(s, lse, 1.0, threshold)
-    zinv = (rc.kept_mass_inverse(jnp.sum(p, axis=-1, keepdims=True))
-            if threshold else jnp.ones_like(lse))
-    out = rc.dot_nn(p.astype(v.dtype), v) * zinv
-    return None, (out.astype(v.dtype), lse[:, 0], zinv[:, 0])
+  def body(start, _, carry):
+    out, lse, zinv = carry
+    s = _scores(_rows(e, start, block_q), _rows(inv, start, block_q), start,
+                e, inv, 0)
+    lse_q = jax.nn.logsumexp(s, axis=-1, keepdims=True)
+    p = rc.probs_from_stats(s, lse_q, 1.0, threshold)
+    zinv_q = (rc.kept_mass_inverse(jnp.sum(p, axis=-1, keepdims=True))
+              if threshold else jnp.ones_like(lse_q))
+    out_q = rc.dot_nn(p.astype(v.dtype), v) * zinv_q
+    return (_put_rows(out, start, out_q), _put_rows(lse, start, lse_q),
+            _put_rows(zinv, start, zinv_q))
 
-  e_blocks = _blocks(e, block_q)
-  starts = jnp.arange(e_blocks.shape[0], dtype=jnp.int32) * block_q
-  _, (out, lse, zinv) = jax.lax.scan(
-      step, None, (starts, e_blocks, _blocks(inv, block_q)))
-  return _unblock(out, n), _unblock(lse, n), _unblock(zinv, n)
+  init = (jnp.zeros(v.shape, v.dtype), jnp.zeros((n, 1), jnp.float32),
+          jnp.zeros((n, 1), jnp.float32))
+  out, lse, zinv = _block_loop(n, block_q, body, init)
+  return out, lse[:, 0], zinv[:, 0]
 
 
-def _backward_one(e, v, out, lse, zinv, d_out, *, threshold, block_q,
-                  block_k):
+def _backward_one(e, v, out, lse, zinv, d_out, *, threshold, block_q):
   """One image: residuals and dO (N, D) -> de (N, C), dv (N, D)."""
   n = e.shape[0]
-  block_q, block_k = min(block_q, n), min(block_k, n)
+  block_q = min(block_q, n)
   inv = rc.inverse_row_norm(e)
   delta = rc.output_grad_dot(out, d_out)[:, None]
   lse, zinv = lse[:, None], zinv[:, None]
 
-  def row_step(_, xs):
-    start, e_q, inv_q, lse_q, zinv_q, delta_q, d_out_q = xs
+  def body(start, fresh, carry):
+    d_en, dv = carry
+    rows = functools.partial(_rows, start=start, block=block_q)
+    e_q, inv_q = rows(e), rows(inv)
     s = _scores(e_q, inv_q, start, e, inv, 0)
-    p = rc.probs_from_stats(s, lse_q, zinv_q, threshold)
-    ds = rc.score_grad(p, rc.dot_nt(d_out_q, v), delta_q)
-    return None, rc.dot_nn((ds * inv.T).astype(e.dtype), e)
+    p = rc.probs_from_stats(s, rows(lse), rows(zinv), threshold)
+    # Rows already done by the previous block get zero cotangent, hence ds = 0.
+    d_out_q = jnp.where(fresh, rows(d_out), 0)
+    ds = rc.score_grad(p, rc.dot_nt(d_out_q, v), jnp.where(fresh, rows(delta),
+                                                           0))
+    d_en += rc.dot_tn((ds * inv_q).astype(e.dtype), e_q)
+    d_en = _put_rows(d_en, start, rows(d_en) + rc.dot_nn(
+        (ds * inv.T).astype(e.dtype), e))
+    return d_en, dv + rc.dot_tn(p.astype(d_out.dtype), d_out_q)
 
-  q_blocks = [_blocks(x, block_q) for x in (e, inv, lse, zinv, delta, d_out)]
-  starts = jnp.arange(q_blocks[0].shape[0], dtype=jnp.int32) * block_q
-  _, d_en_row = jax.lax.scan(row_step, None, (starts, *q_blocks))
-  d_en_row = _unblock(d_en_row, n)
-
-  def column_step(_, xs):
-    start, e_k, inv_k, v_k, d_en_row_k = xs
-    s = _scores(e, inv, 0, e_k, inv_k, start, n)
-    p = rc.probs_from_stats(s, lse, zinv, threshold)
-    dv = rc.dot_tn(p.astype(d_out.dtype), d_out)
-    ds = rc.score_grad(p, rc.dot_nt(d_out, v_k), delta)
-    d_en = d_en_row_k + rc.dot_tn((ds * inv).astype(e.dtype), e)
-    de = rc.normalize_rows_vjp(e_k, d_en)
-    return None, (de.astype(e.dtype), dv.astype(v.dtype))
-
-  k_blocks = [_blocks(x, block_k) for x in (e, inv, v, d_en_row)]
-  starts = jnp.arange(k_blocks[0].shape[0], dtype=jnp.int32) * block_k
-  _, (de, dv) = jax.lax.scan(column_step, None, (starts, *k_blocks))
-  return _unblock(de, n), _unblock(dv, n)
+  init = (jnp.zeros(e.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  d_en, dv = _block_loop(n, block_q, body, init)
+  return rc.normalize_rows_vjp(e, d_en).astype(e.dtype), dv.astype(v.dtype)
 
 
 def forward(e, v, *, threshold, block_q=DEFAULT_BLOCK_Q,
-            block_k=DEFAULT_BLOCK_K):
+            block_q_bwd=DEFAULT_BLOCK_Q_BWD):
   """Batched forward: (B, N, C), (B, N, D) -> out (B, N, D), lse, zinv (B, N).
 
-  block_k is unused here (it sizes the backward's key blocks); it is accepted
-  so that forward and backward take the same options.
+  block_q: query rows per forward step (a (block_q, N) score block).
+  block_q_bwd: the same for the backward, which it takes instead (accepted
+    here so that both passes share one set of options).
   """
-  del block_k
+  del block_q_bwd
   fn = functools.partial(_forward_one, threshold=threshold, block_q=block_q)
   return jax.vmap(fn)(e, v)
 
 
 def backward(e, v, out, lse, zinv, d_out, *, threshold,
-             block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
-  """Batched backward: residuals of `forward` and dO -> (de, dv)."""
-  fn = functools.partial(_backward_one, threshold=threshold, block_q=block_q,
-                         block_k=block_k)
+             block_q=DEFAULT_BLOCK_Q, block_q_bwd=DEFAULT_BLOCK_Q_BWD):
+  """Batched backward: residuals of `forward` and dO -> (de, dv).
+
+  Uses block_q_bwd (larger by default: each step also adds into the
+  (N, C + D) accumulators, whose traffic larger blocks amortise).
+  """
+  del block_q
+  fn = functools.partial(_backward_one, threshold=threshold,
+                         block_q=block_q_bwd)
   return jax.vmap(fn)(e, v, out, lse, zinv, d_out)
