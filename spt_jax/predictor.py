@@ -1,8 +1,12 @@
-"""`SamPredictor` with Meta's contract, on the Flax model, jit-compiled.
+"""`SamPredictor` with Meta's contract, and `SptPredictor`, on the Flax models, jit-compiled.
 
     predictor = SamPredictor.from_pretrained("converted/sam_vit_b")
     predictor.set_image(image)                       # HxWx3 uint8 RGB
     masks, scores, low_res = predictor.predict(box=np.array([x0, y0, x1, y1]))
+
+    spt = SptPredictor.from_pretrained("converted/spt_vit_b")
+    spt.set_image(image)
+    masks, scores, low_res, draft = spt.predict(box=box, return_draft=True)
 
 `set_image` compiles once per model (every image is padded to the same square);
 `predict` compiles once per prompt structure (which of points/box/mask are given,
@@ -18,8 +22,9 @@ import numpy as np
 from spt_jax import transforms
 from spt_jax.errors import SptUserError
 from spt_jax.models.prompts import Prompts
-from spt_jax.models.sam import Sam, normalize_and_mask
-from spt_jax.pretrained import load_pretrained
+from spt_jax.models.sam import Sam, init_variables, normalize_and_mask
+from spt_jax.pretrained import build_model, load_pretrained
+from spt_jax.spt.model import SPT_ADAPTERS, Spt, sam_params_to_spt
 
 
 def _as_array(value, dtype, name, ndim, last=None):
@@ -28,6 +33,14 @@ def _as_array(value, dtype, name, ndim, last=None):
     wanted = f"{ndim} dims" + (f" with last size {last}" if last is not None else "")
     raise SptUserError(f"{name}: expected {wanted}, got shape {array.shape}")
   return array
+
+
+def _batch_of_one(point_coords, point_labels, box, mask_input) -> dict[str, Any]:
+  """`predict`'s single-prompt arguments as `predict_batch`'s with P = 1."""
+  add_axis = lambda x: None if x is None else np.asarray(x)[None]
+  return dict(point_coords=add_axis(point_coords), point_labels=add_axis(point_labels),
+              boxes=None if box is None else np.asarray(box).reshape(1, 4),
+              mask_input=add_axis(mask_input))
 
 
 class SamPredictor:
@@ -47,7 +60,9 @@ class SamPredictor:
   def from_pretrained(cls, directory: str, dtype=jnp.float32, **model_kwargs):
     """Predictor for a directory written by `weights_conversion.convert_sam`."""
     pretrained = load_pretrained(directory)
-    model = Sam(pretrained.spec, pretrained.adapters, dtype=dtype, **model_kwargs)
+    model = build_model(pretrained, dtype=dtype, **model_kwargs)
+    if isinstance(model, Spt):
+      raise SptUserError(f"{directory} holds an SPT model: use SptPredictor")
     return cls(model, pretrained.variables)
 
   def _decode_fn(self, variables, embeddings, prompts, multimask_output):
@@ -103,13 +118,10 @@ class SamPredictor:
     Returns:
       masks (C, H, W), scores (C,), low_res_logits (C, 256, 256); numpy.
     """
-    masks, scores, low_res = self.predict_batch(
-        point_coords=None if point_coords is None else np.asarray(point_coords)[None],
-        point_labels=None if point_labels is None else np.asarray(point_labels)[None],
-        boxes=None if box is None else np.asarray(box).reshape(1, 4),
-        mask_input=None if mask_input is None else np.asarray(mask_input)[None],
+    outputs = self.predict_batch(
+        **_batch_of_one(point_coords, point_labels, box, mask_input),
         multimask_output=multimask_output, return_logits=return_logits)
-    return masks[0], scores[0], low_res[0]
+    return tuple(output[0] for output in outputs)
 
   def prepare_prompts(self, point_coords=None, point_labels=None, boxes=None,
                       mask_input=None) -> Prompts:
@@ -158,14 +170,65 @@ class SamPredictor:
     Returns:
       masks (P, C, H, W), scores (P, C), low_res_logits (P, C, 256, 256); numpy.
     """
-    prompts = self.prepare_prompts(point_coords, point_labels, boxes, mask_input)
-    logits, iou, _ = self._decode(self.variables, self.features, prompts,
-                                  bool(multimask_output))
-    return self._finish(np.asarray(logits[0]), np.asarray(iou[0]), return_logits)
+    masks, scores, low_res, _ = self._predict_with_extras(
+        point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+    return masks, scores, low_res
 
-  def _finish(self, low_res, scores, return_logits):
+  def _predict_with_extras(self, point_coords, point_labels, boxes, mask_input,
+                           multimask_output, return_logits):
+    prompts = self.prepare_prompts(point_coords, point_labels, boxes, mask_input)
+    logits, iou, extras = self._decode(self.variables, self.features, prompts,
+                                       bool(multimask_output))
+    low_res = np.asarray(logits[0])
     masks = transforms.postprocess_masks(low_res, self.image_size, self.input_size,
                                          self.original_size)
     if not return_logits:
       masks = masks > self.mask_threshold
+    extras = {name: np.asarray(value[0]) for name, value in extras.items()}
+    return masks, np.asarray(iou[0]), low_res, extras
+
+
+class SptPredictor(SamPredictor):
+  """The SamPredictor contract on SPT: masks are the refined (final) step's.
+
+  One mask per prompt (SPT refines the single-mask output); the IoU score is the
+  draft step's, as in the authors' model. `return_draft=True` adds the draft's
+  low-res logits as a fourth output.
+  """
+
+  @classmethod
+  def from_pretrained(cls, directory: str, dtype=jnp.float32, **model_kwargs):
+    """An SPT directory, or a plain SAM one with fresh adapters (zero-shot SPT = SAM)."""
+    pretrained = load_pretrained(directory)
+    model = build_model(pretrained, dtype=dtype, **model_kwargs)
+    if isinstance(model, Spt):
+      return cls(model, pretrained.variables)
+    model = Spt(pretrained.spec, SPT_ADAPTERS, dtype=dtype, **model_kwargs)
+    fresh = init_variables(model, jax.random.PRNGKey(0))
+    params = sam_params_to_spt(pretrained.variables["params"], model.sdt_steps)
+    return cls(model, {"params": params, "adapters": fresh["adapters"]})
+
+  def _decode_fn(self, variables, embeddings, prompts, multimask_output):
+    output = self.model.apply(variables, embeddings, prompts, multimask_output,
+                              method=Spt.decode)
+    return output.final, output.iou, {"draft": output.draft}
+
+  def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+              multimask_output: bool = False, return_logits: bool = False,
+              return_draft: bool = False):
+    """As `SamPredictor.predict`; with `return_draft`, also the draft (1, 256, 256)."""
+    outputs = self.predict_batch(
+        **_batch_of_one(point_coords, point_labels, box, mask_input),
+        multimask_output=multimask_output, return_logits=return_logits,
+        return_draft=return_draft)
+    return tuple(output[0] for output in outputs)
+
+  def predict_batch(self, point_coords=None, point_labels=None, boxes=None,
+                    mask_input=None, multimask_output: bool = False,
+                    return_logits: bool = False, return_draft: bool = False):
+    """As `SamPredictor.predict_batch`; with `return_draft`, also (P, 1, 256, 256)."""
+    masks, scores, low_res, extras = self._predict_with_extras(
+        point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+    if return_draft:
+      return masks, scores, low_res, extras["draft"]
     return masks, scores, low_res

@@ -1,9 +1,10 @@
 """A converted model on disk: Orbax-saved variables plus `model_spec.json`.
 
-    DIR/model_spec.json   {"format", "sam": SamSpec, "adapters": AdapterSpec, "source"}
+    DIR/model_spec.json   {"format", "sam": SamSpec, "adapters": AdapterSpec,
+                           "model": "sam" | "spt", "sdt_steps", "source", ...}
     DIR/variables/        Orbax checkpoint of {'params': ..., ['adapters': ...]}
 
-`load_pretrained(DIR)` needs no flags: the spec says what to build.
+`load_pretrained(DIR)` needs no flags: the spec says what to build (`build_model`).
 """
 
 import dataclasses
@@ -17,6 +18,8 @@ import orbax.checkpoint as ocp
 
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec, SamSpec
+from spt_jax.models.sam import Sam
+from spt_jax.spt.model import Spt
 
 SPEC_FILE = "model_spec.json"
 VARIABLES_DIR = "variables"
@@ -81,3 +84,11 @@ def load_pretrained(directory: str) -> Pretrained:
     raise SptUserError(f"{directory}: missing {VARIABLES_DIR}/ (incomplete conversion?)")
   variables = ocp.StandardCheckpointer().restore(variables_path)
   return Pretrained(spec, adapters, variables, metadata)
+
+
+def build_model(pretrained: Pretrained, **model_kwargs):
+  """The `Sam` or `Spt` module a converted directory holds variables for."""
+  if pretrained.metadata.get("model", "sam") == "spt":
+    return Spt(pretrained.spec, pretrained.adapters,
+               sdt_steps=pretrained.metadata["sdt_steps"], **model_kwargs)
+  return Sam(pretrained.spec, pretrained.adapters, **model_kwargs)

@@ -12,5 +12,5 @@ SMALL_SPEC = SamSpec(
 TINY_SPEC = SamSpec(
     encoder=EncoderSpec(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                         window_size=3, global_attn_indexes=(1,), out_chans=32),
-    prompt_embed_dim=32, mask_in_chans=4, decoder_mlp_dim=32, decoder_num_heads=2,
+    prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=32, decoder_num_heads=2,
     iou_head_hidden_dim=32)

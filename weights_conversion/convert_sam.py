@@ -1,12 +1,16 @@
-r"""Convert a PyTorch SAM checkpoint (Meta's `.pth` or `.safetensors`) to spt_jax.
+r"""Convert a PyTorch SAM or SPT checkpoint to spt_jax.
 
+    # Meta's SAM (.pth or .safetensors)
     python -m weights_conversion.convert_sam --checkpoint sam_vit_b_01ec64.pth \
         --output converted/sam_vit_b [--model-type auto|vit_b|vit_l|vit_h]
+    # the SPT authors' checkpoint: a full state dict, or adapters only plus --base
+    python -m weights_conversion.convert_sam --checkpoint spt_vit_b.pth \
+        [--base sam_vit_b_01ec64.pth] --output converted/spt_vit_b
 
 Writes an Orbax checkpoint and `model_spec.json` into --output, loadable with
-`spt_jax.pretrained.load_pretrained` (and `SamPredictor.from_pretrained`). Problems with
-the input (unreadable file, not SAM, missing/unexpected keys, wrong shapes) exit with
-code 2 and one message naming the file and keys.
+`spt_jax.pretrained.load_pretrained` (and the predictors' `from_pretrained`). Problems
+with the input (unreadable file, not SAM, missing/unexpected keys, wrong shapes) exit
+with code 2 and one message naming the file and keys.
 """
 
 import argparse
@@ -17,6 +21,8 @@ from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 from spt_jax.models.config import PRESETS
 from spt_jax.models.sam import Sam, init_variables
 from spt_jax.pretrained import save_pretrained
+from spt_jax.spt.model import Spt
+from weights_conversion import spt_layout
 from weights_conversion.infer_spec import preset_name, resolve_spec
 from weights_conversion.mapping import expected_shapes, state_dict_to_variables
 from weights_conversion.readers import read_state_dict
@@ -30,20 +36,57 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def convert(checkpoint: str, output: str, model_type: str = "auto") -> None:
+def _spt_state(checkpoint, state, base):
+  """The full SPT state dict: the base SAM's weights under the checkpoint's own keys."""
+  if base is not None:
+    base_state = read_state_dict(base)
+    if spt_layout.is_spt_state(base_state):
+      raise SptUserError(f"--base {base}: expected a plain SAM checkpoint, it holds SPT "
+                         "adapters")
+    state = {**base_state, **state}
+  elif not spt_layout.has_sam_weights(state):
+    raise SptUserError(f"{checkpoint}: holds SPT adapters only, no SAM weights; pass the "
+                       "SAM checkpoint it was trained from with --base")
+  return spt_layout.with_refine_decoder(state)
+
+
+def convert(checkpoint: str, output: str, model_type: str = "auto", base: str = None,
+            lora_alpha: float = 1.0, vra_block: int = -1, vra_alpha: float = 0.0) -> None:
   """Reads, checks and converts `checkpoint` into the directory `output`."""
   print(f"reading {checkpoint}", flush=True)
   state = read_state_dict(checkpoint)
-  spec = resolve_spec(state, model_type, checkpoint)
+  is_spt = spt_layout.is_spt_state(state)
+  if base is not None and not is_spt:
+    raise SptUserError(f"{checkpoint}: --base is only for SPT checkpoints, and this one has "
+                       "no adapters or draft_decoder keys")
+  if is_spt:
+    state = _spt_state(checkpoint, state, base)
+  sam_part = {k: v for k, v in state.items() if not k.startswith("draft_decoder.")}
+  spec = resolve_spec(sam_part, model_type, checkpoint)
   enc = spec.encoder
   print(f"model: {preset_name(spec)} (image {enc.image_size}, dim {enc.embed_dim}, "
         f"depth {enc.depth}, heads {enc.num_heads}, global blocks "
         f"{list(enc.global_attn_indexes)})", flush=True)
-  variables = state_dict_to_variables(state, expected_shapes(Sam(spec), init_variables),
-                                      checkpoint)
-  save_pretrained(output, spec, variables, metadata={
-      "source": checkpoint, "source_sha256": file_sha256(checkpoint),
-      "model_type": preset_name(spec)})
+  metadata = {"source": checkpoint, "source_sha256": file_sha256(checkpoint),
+              "model_type": preset_name(spec)}
+  if is_spt:
+    adapters = spt_layout.infer_adapter_spec(state, checkpoint, lora_alpha=lora_alpha,
+                                             vra_block=vra_block, vra_alpha=vra_alpha)
+    print(f"SPT adapters: LoRA rank {adapters.lora_rank} (encoder {adapters.lora_encoder}, "
+          f"decoders {adapters.lora_decoder}), VRA {adapters.vra}", flush=True)
+    state = spt_layout.drop_unused_gammas(state, adapters)
+    model = Spt(spec, adapters, sdt_steps=len(spt_layout.DECODER_PREFIXES))
+    variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
+                                        checkpoint, spt_layout.SPT_LAYOUT)
+    metadata.update(model="spt", sdt_steps=model.sdt_steps)
+    if base is not None:
+      metadata.update(base=base, base_sha256=file_sha256(base))
+  else:
+    adapters = Sam.adapters
+    variables = state_dict_to_variables(state, expected_shapes(Sam(spec), init_variables),
+                                        checkpoint)
+    metadata.update(model="sam")
+  save_pretrained(output, spec, variables, adapters, metadata=metadata)
   print(f"wrote {output}", flush=True)
 
 
@@ -54,13 +97,22 @@ def parse_args(argv):
   parser.add_argument("--output", required=True, help="directory to create")
   parser.add_argument("--model-type", default="auto", choices=("auto",) + PRESETS,
                       help="expected size; 'auto' infers it from the tensor shapes")
+  parser.add_argument("--base", default=None,
+                      help="SAM checkpoint an adapters-only SPT checkpoint was trained on")
+  parser.add_argument("--lora-alpha", type=float, default=1.0,
+                      help="LoRA alpha the SPT checkpoint was trained with (authors: 1)")
+  parser.add_argument("--vra-block", type=int, default=-1,
+                      help="1-based two-way block that uses gamma (authors' vatt_pos); -1: all")
+  parser.add_argument("--vra-alpha", type=float, default=0.0,
+                      help="relation sparsification alpha (authors' vatt_alpha)")
   return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    convert(args.checkpoint, args.output, args.model_type)
+    convert(args.checkpoint, args.output, args.model_type, args.base, args.lora_alpha,
+            args.vra_block, args.vra_alpha)
   except SptUserError as error:
     print(f"error: {error}", file=sys.stderr)
     return USER_ERROR_EXIT_CODE

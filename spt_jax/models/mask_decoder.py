@@ -1,6 +1,7 @@
 """SAM's mask decoder in Flax: two-way transformer, 4x upscaling, hypernetwork masks, IoU head."""
 
-from typing import Any, Optional
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 
 from spt_jax.models.config import AdapterSpec, NO_ADAPTERS, SamSpec
 from spt_jax.models.layers import MLP, ConvTranspose2x2, exact_gelu, layer_norm
-from spt_jax.models.transformer import RelationFn, TwoWayTransformer
+from spt_jax.models.transformer import TwoWayTransformer
+from spt_jax.spt.vra import relate_prompt_tokens
 
 UPSCALE_LN_EPS = 1e-6
 Dtype = Any
@@ -19,16 +21,18 @@ class MaskDecoder(nn.Module):
 
   Outputs mask logits at 4x the embedding grid (256 x 256 for SAM). With
   `multimask_output` the three multimask tokens' masks (1..3) are returned, else the
-  single-mask token's (0), as Meta does.
+  single-mask token's (0), as Meta does. With a VRA adapter the image tokens are
+  related through the image embedding itself (`spt_jax.spt.vra`).
   """
   spec: SamSpec
   adapters: AdapterSpec = NO_ADAPTERS
   dtype: Dtype = jnp.float32
+  relation_impl: str = "auto"
 
   @nn.compact
   def __call__(self, image_embeddings: jax.Array, image_pe: jax.Array,
-               sparse: jax.Array, dense: jax.Array, multimask_output: bool,
-               relation_fn: Optional[RelationFn] = None) -> tuple[jax.Array, jax.Array]:
+               sparse: jax.Array, dense: jax.Array,
+               multimask_output: bool) -> tuple[jax.Array, jax.Array]:
     """Predicts masks for P prompts per image.
 
     Args:
@@ -37,7 +41,6 @@ class MaskDecoder(nn.Module):
       sparse: (B, P, T, D) point/box prompt embeddings.
       dense: (B, P, h, w, D) mask prompt embeddings.
       multimask_output: static; 3 masks per prompt instead of 1.
-      relation_fn: VRA relation operator on image tokens (B * P, h * w, D).
 
     Returns:
       mask logits (B, P, M, 4h, 4w) and IoU predictions (B, P, M), M = 3 or 1.
@@ -59,6 +62,11 @@ class MaskDecoder(nn.Module):
 
     src = image_embeddings[:, None].astype(self.dtype) + dense.astype(self.dtype)
     src = src.reshape(batch * prompts, height * width, dim)
+    relation_fn = None
+    if self.adapters.vra:
+      relation_fn = functools.partial(
+          relate_prompt_tokens, image_embeddings.reshape(batch, height * width, dim),
+          alpha=self.adapters.vra_alpha, impl=self.relation_impl)
     transformer = TwoWayTransformer(
         spec.decoder_depth, spec.decoder_num_heads, spec.decoder_mlp_dim,
         spec.attention_downsample_rate, self.adapters, self.dtype, name="transformer")

@@ -51,10 +51,14 @@ class Sam(nn.Module):
   remat: bool = False
 
   def setup(self):
+    self.setup_encoders()
+    self.mask_decoder = MaskDecoder(self.spec, self.adapters, self.dtype)
+
+  def setup_encoders(self):
+    """The image and prompt encoders (shared with models that change the decoding)."""
     self.image_encoder = ImageEncoder(self.spec.encoder, self.adapters, self.query_chunk,
                                       self.remat, self.dtype)
     self.prompt_encoder = PromptEncoder(self.spec, self.dtype)
-    self.mask_decoder = MaskDecoder(self.spec, self.adapters, self.dtype)
 
   def embed_images(self, images: jax.Array) -> jax.Array:
     """images: (B, S, S, 3) normalised and padded -> (B, h, w, D) float32."""

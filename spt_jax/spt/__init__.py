@@ -1,0 +1,1 @@
+"""Self-Perception Tuning: LoRA, VRA-Adapter, SDT (draft then refine), losses."""
