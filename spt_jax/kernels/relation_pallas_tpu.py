@@ -246,10 +246,8 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
   stats = [_lanes(x, lay.n_pad)
            for x in (lse, zinv, rc.output_grad_dot(out, d_out))]
   stat_q = lay.outer(bq, _LANES)
-  kernel_opts = dict(threshold=threshold)
-
   d_en_row = _call(
-      functools.partial(_row_grad_kernel, **kernel_opts), lay,
+      functools.partial(_row_grad_kernel, threshold=threshold), lay,
       grid=lay.grid(b, bq, bk),
       in_specs=[lay.outer(bq, c), lay.inner(bk, c), lay.inner(bk, d),
                 lay.outer(bq, d), stat_q, stat_q, stat_q],
@@ -261,7 +259,7 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
   # Grid (batch, key blocks, query blocks): outer specs tile keys now.
   stat_q = lay.inner(bq, _LANES)
   de, dv = _call(
-      functools.partial(_column_grad_kernel, **kernel_opts), lay,
+      functools.partial(_column_grad_kernel, threshold=threshold), lay,
       grid=lay.grid(b, bk, bq),
       in_specs=[lay.outer(bk, c), lay.outer(bk, d), lay.outer(bk, c),
                 lay.inner(bq, c), lay.inner(bq, d), stat_q, stat_q, stat_q],

@@ -47,10 +47,18 @@ def _put_rows(x, start, rows):
   return jax.lax.dynamic_update_slice_in_dim(x, rows.astype(x.dtype), start, 0)
 
 
-def _scores(e_q, inv_q, q_start, e_k, inv_k, k_start):
-  """Masked cosine scores of e_q (m, C) against e_k (n, C) -> (m, n) f32."""
-  g = rc.dot_nt(e_q, e_k) * inv_q * inv_k.T
-  return rc.mask_scores(g, q_start, k_start)
+def _row_scores(e, inv, start, block):
+  """Masked cosine scores of rows [start, start + block) against all rows.
+
+  Args:
+    e: (N, C) embedding; inv: (N, 1) its inverse row norms.
+
+  Returns:
+    s (block, N) float32, and the block's e_q (block, C), inv_q (block, 1).
+  """
+  e_q, inv_q = _rows(e, start, block), _rows(inv, start, block)
+  s = rc.mask_scores(rc.dot_nt(e_q, e) * inv_q * inv.T, start, 0)
+  return s, e_q, inv_q
 
 
 def _forward_one(e, v, *, threshold, block_q):
@@ -61,8 +69,7 @@ def _forward_one(e, v, *, threshold, block_q):
 
   def body(start, _, carry):
     out, lse, zinv = carry
-    s = _scores(_rows(e, start, block_q), _rows(inv, start, block_q), start,
-                e, inv, 0)
+    s, _, _ = _row_scores(e, inv, start, block_q)
     lse_q = jax.nn.logsumexp(s, axis=-1, keepdims=True)
     p = rc.probs_from_stats(s, lse_q, 1.0, threshold)
     zinv_q = (rc.kept_mass_inverse(jnp.sum(p, axis=-1, keepdims=True))
@@ -88,13 +95,13 @@ def _backward_one(e, v, out, lse, zinv, d_out, *, threshold, block_q):
   def body(start, fresh, carry):
     d_en, dv = carry
     rows = functools.partial(_rows, start=start, block=block_q)
-    e_q, inv_q = rows(e), rows(inv)
-    s = _scores(e_q, inv_q, start, e, inv, 0)
+    s, e_q, inv_q = _row_scores(e, inv, start, block_q)
     p = rc.probs_from_stats(s, rows(lse), rows(zinv), threshold)
-    # Rows already done by the previous block get zero cotangent, hence ds = 0.
-    d_out_q = jnp.where(fresh, rows(d_out), 0)
-    ds = rc.score_grad(p, rc.dot_nt(d_out_q, v), jnp.where(fresh, rows(delta),
-                                                           0))
+    # Rows the previous block already did get zero cotangent, hence ds = 0.
+    fresh_rows = lambda x: jnp.where(fresh, rows(x), 0)
+    d_out_q = fresh_rows(d_out)
+    ds = rc.score_grad(p, rc.dot_nt(d_out_q, v), fresh_rows(delta))
+    # Column term dS^T En_q for all rows, row term dS En for the block's rows.
     d_en += rc.dot_tn((ds * inv_q).astype(e.dtype), e_q)
     d_en = _put_rows(d_en, start, rows(d_en) + rc.dot_nn(
         (ds * inv.T).astype(e.dtype), e))
