@@ -30,16 +30,22 @@ def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
   return image
 
 
+def resize_image_pil(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """HxWx3 uint8 -> (h, w, 3) uint8 with PIL's bilinear filter (torchvision's for PIL)."""
+  return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
   """HxWx3 uint8 -> resized uint8 with the longer side `long_side` (PIL bilinear)."""
-  height, width = preprocess_shape(image.shape[0], image.shape[1], long_side)
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+  return resize_image_pil(image, preprocess_shape(image.shape[0], image.shape[1], long_side))
 
 
-def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
-  """Zero-pads an HxWxC image at the bottom/right to size x size."""
-  height, width = image.shape[:2]
-  return np.pad(image, ((0, size - height), (0, size - width), (0, 0)))
+def pad_to_square(x: np.ndarray, size: int) -> np.ndarray:
+  """Zero-pads x (h, w, ...) at the bottom/right to (size, size, ...); h, w <= size."""
+  height, width = x.shape[:2]
+  if height > size or width > size:
+    raise ValueError(f"cannot pad an array of shape {x.shape} to {size} x {size}")
+  return np.pad(x, [(0, size - height), (0, size - width)] + [(0, 0)] * (x.ndim - 2))
 
 
 def scale_coords(coords: np.ndarray, original_size: tuple[int, int],

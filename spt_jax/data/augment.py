@@ -12,6 +12,7 @@ cropped away at large scales. Only the cropped window is ever computed.
 
 import numpy as np
 
+from spt_jax import transforms
 from spt_jax.data import resize
 
 
@@ -64,5 +65,6 @@ def large_scale_jitter(image: np.ndarray, mask: np.ndarray, size: int,
   window = (top, left) + crop
   image = resize.resize_bilinear(image, scaled, window).astype(np.uint8)
   mask = resize.resize_bilinear(mask.astype(np.float32), scaled, window) > 0.5
-  return (resize.pad_to(image, size), resize.pad_to(mask.astype(np.float32), size),
+  return (transforms.pad_to_square(image, size),
+          transforms.pad_to_square(mask.astype(np.float32), size),
           np.asarray(crop, np.int32))

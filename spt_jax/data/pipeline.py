@@ -66,6 +66,7 @@ from spt_jax.data import decode
 from spt_jax.data import prompts
 from spt_jax.data import resize
 from spt_jax.data import synthetic
+from spt_jax import transforms
 from spt_jax.errors import SptUserError
 
 SYNTHETIC = "synthetic"
@@ -206,7 +207,8 @@ class _Geometry(grain.RandomMapTransform):
     config = self._config
     image, mask = example["image"], example["mask"]
     if config.original_canvas:
-      example["original_mask"] = resize.pad_to(mask.astype(np.uint8), config.original_canvas)
+      example["original_mask"] = transforms.pad_to_square(mask.astype(np.uint8),
+                                                           config.original_canvas)
     if config.augment:
       image, mask = augment.random_hflip(image, mask, rng, config.hflip_probability)
       out = augment.large_scale_jitter(image, mask, config.image_size, rng,

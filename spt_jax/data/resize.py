@@ -17,15 +17,10 @@ output, which the large-scale-jitter augmentation uses to skip the cropped-away 
 import numpy as np
 from PIL import Image
 
+from spt_jax import transforms
 from spt_jax.errors import SptUserError
 
 PROTOCOLS = ("sam", "paper")
-
-
-def sam_input_size(height: int, width: int, size: int) -> tuple[int, int]:
-  """(h, w) with the longest side `size`, rounded as Meta's `get_preprocess_shape`."""
-  scale = size / max(height, width)
-  return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def _torch_linear_taps(in_size: int, out_size: int, start: int, count: int):
@@ -73,24 +68,10 @@ def _weighted_sum(a, wa, b, wb):
   return a
 
 
-def resize_image_pil(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """uint8 (H, W, 3) -> uint8 (h, w, 3) with PIL bilinear, as SamPredictor resizes."""
-  return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
-
-
 def resize_mask_pil(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   """bool (H, W) -> bool (h, w): PIL bilinear of the {0,1} float mask, then > 0.5."""
   resized = Image.fromarray(mask.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR)
   return np.asarray(resized) > 0.5
-
-
-def pad_to(x: np.ndarray, size: int) -> np.ndarray:
-  """Zero-pads x (h, w, ...) at bottom/right to (size, size, ...); h, w <= size."""
-  h, w = x.shape[:2]
-  if h > size or w > size:
-    raise ValueError(f"cannot pad an array of shape {x.shape} to {size} x {size}")
-  padding = [(0, size - h), (0, size - w)] + [(0, 0)] * (x.ndim - 2)
-  return np.pad(x, padding)
 
 
 def resize_for_model(image: np.ndarray, mask: np.ndarray, size: int, protocol: str):
@@ -105,8 +86,8 @@ def resize_for_model(image: np.ndarray, mask: np.ndarray, size: int, protocol: s
     image uint8 (S, S, 3), mask float32 (S, S) in {0, 1}, input_size int32 (2,) = (h, w).
   """
   if protocol == "sam":
-    hw = sam_input_size(image.shape[0], image.shape[1], size)
-    image = resize_image_pil(image, hw)
+    hw = transforms.preprocess_shape(image.shape[0], image.shape[1], size)
+    image = transforms.resize_image_pil(image, hw)
     mask = resize_mask_pil(mask, hw)
   elif protocol == "paper":
     hw = (size, size)
@@ -114,5 +95,6 @@ def resize_for_model(image: np.ndarray, mask: np.ndarray, size: int, protocol: s
     mask = resize_bilinear(mask.astype(np.float32) * np.float32(255), hw) > 128
   else:
     raise SptUserError(f"resize={protocol!r}: expected one of {PROTOCOLS}")
-  return (pad_to(image, size), pad_to(mask.astype(np.float32), size),
+  return (transforms.pad_to_square(image, size),
+          transforms.pad_to_square(mask.astype(np.float32), size),
           np.asarray(hw, np.int32))

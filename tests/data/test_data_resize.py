@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spt_jax.data import augment
+from spt_jax import transforms
 from spt_jax.data import resize
 
 
@@ -18,7 +19,7 @@ def example(h=30, w=50, seed=0):
 @pytest.mark.parametrize("hw,expected", [((30, 50), (38, 64)), ((50, 30), (64, 38)),
                                          ((64, 64), (64, 64)), ((700, 1024), (44, 64))])
 def test_sam_input_size_is_metas_longest_side_rule(hw, expected):
-  assert resize.sam_input_size(*hw, 64) == expected
+  assert transforms.preprocess_shape(*hw, 64) == expected
 
 
 def test_sam_protocol_keeps_aspect_and_zero_pads():
