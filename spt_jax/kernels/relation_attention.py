@@ -137,7 +137,7 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
     impl: one of IMPLS.
     **options: keyword options of the chosen implementation:
       xla: block_q, block_q_bwd (query rows per loop step of the forward
-        and the backward, default 64 / 256);
+        and the backward, default 128 / 256);
       pallas_tpu: block_q, block_k (multiples of 128, default 256 / 256),
         interpret (True or pltpu.InterpretParams() to run on CPU);
       pallas_gpu: block_q, block_k, block_d (powers of two, default

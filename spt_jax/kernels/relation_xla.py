@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from spt_jax.kernels import relation_common as rc
 
-DEFAULT_BLOCK_Q = 64
+DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_Q_BWD = 256
 
 
@@ -70,11 +70,16 @@ def _forward_one(e, v, *, threshold, block_q):
   def body(start, _, carry):
     out, lse, zinv = carry
     s, _, _ = _row_scores(e, inv, start, block_q)
-    lse_q = jax.nn.logsumexp(s, axis=-1, keepdims=True)
-    p = rc.probs_from_stats(s, lse_q, 1.0, threshold)
-    zinv_q = (rc.kept_mass_inverse(jnp.sum(p, axis=-1, keepdims=True))
-              if threshold else jnp.ones_like(lse_q))
-    out_q = rc.dot_nn(p.astype(v.dtype), v) * zinv_q
+    # One online-softmax step over whole rows; p = exp(s - m), unnormalised.
+    m, l, p, _ = rc.online_softmax_update(-jnp.inf, 0.0, s)
+    lse_q = m + jnp.log(l)
+    if threshold:
+      p = rc.probs_from_stats(s, lse_q, 1.0, threshold)
+      zinv_q = rc.kept_mass_inverse(jnp.sum(p, axis=-1, keepdims=True))
+      scale = zinv_q
+    else:
+      zinv_q, scale = jnp.ones_like(l), 1.0 / l
+    out_q = rc.dot_nn(p.astype(v.dtype), v) * scale
     return (_put_rows(out, start, out_q), _put_rows(lse, start, lse_q),
             _put_rows(zinv, start, zinv_q))
 
