@@ -60,13 +60,15 @@ class _Fused:
   options: tuple[tuple[str, Any], ...]
 
   def forward(self, e, v):
-    module = _FUSED[self.impl]
-    return module.forward(e, v, threshold=self.threshold, **dict(self.options))
+    """-> out (B, N, D), lse (B, N), zinv (B, N)."""
+    return _FUSED[self.impl].forward(e, v, threshold=self.threshold,
+                                     **dict(self.options))
 
-  def backward(self, *residuals_and_grad):
-    module = _FUSED[self.impl]
-    return module.backward(*residuals_and_grad, threshold=self.threshold,
-                           **dict(self.options))
+  def backward(self, e, v, out, lse, zinv, d_out):
+    """-> de (B, N, C), dv (B, N, D)."""
+    return _FUSED[self.impl].backward(e, v, out, lse, zinv, d_out,
+                                      threshold=self.threshold,
+                                      **dict(self.options))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -98,13 +100,13 @@ def _resolve_impl(impl, options):
           "relation_attention: impl='reference' takes no options, got "
           f"{sorted(options)}")
     return impl
-  accepted = inspect.signature(_FUSED[impl].forward).parameters
-  unknown = sorted(set(options) - set(accepted) - {"e", "v", "threshold"})
+  valid = set(inspect.signature(_FUSED[impl].forward).parameters) - {
+      "e", "v", "threshold"}
+  unknown = sorted(set(options) - valid)
   if unknown:
-    valid = sorted(set(accepted) - {"e", "v", "threshold"})
     raise SptUserError(
         f"relation_attention: unknown option(s) {unknown} for impl={impl!r}; "
-        f"expected some of {valid}")
+        f"expected some of {sorted(valid)}")
   return impl
 
 
@@ -154,6 +156,9 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
   """
   _check_array("relation_attention", "e", e, 3, "(B, N, C)")
   _check_array("relation_attention", "v", v, 3, "(B, N, D)")
+  if e.shape[1] < 1:
+    raise SptUserError(
+        f"relation_attention: e must hold at least one token, got {e.shape}")
   if v.shape[:2] != e.shape[:2]:
     raise SptUserError(
         "relation_attention: v must have shape (B, N, D) with B, N of e "

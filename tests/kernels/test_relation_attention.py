@@ -254,6 +254,7 @@ def test_auto_is_xla_on_cpu():
 @pytest.mark.parametrize("args, kwargs, match", [
     ((np.ones((8, 4)), np.ones((1, 8, 2))), {}, "e must have shape"),
     ((np.ones((1, 8, 4)), np.ones((1, 7, 2))), {}, "v must have shape"),
+    ((np.ones((1, 0, 4)), np.ones((1, 0, 2))), {}, "at least one token"),
     ((np.ones((1, 8, 4), np.int32), np.ones((1, 8, 2))), {}, "floating"),
     ((np.ones((1, 8, 4)), np.ones((1, 8, 2))), {"impl": "cuda"},
      "impl must be one of"),
