@@ -10,8 +10,8 @@ masked cosine scores; p (bq, bk) the final attention weights. Per query row the
 fused paths keep two statistics: lse, the log-sum-exp of the row's scores, and
 zinv, the inverse of the probability mass kept by the alpha threshold (1 when
 alpha == 0). Together they give the weights of any block, so the kernels never
-hold a full row:
-p = exp(s - lse), then (alpha > 0) zeroed where <= alpha / N and scaled by zinv.
+hold a full row: p = exp(s - lse), then (alpha > 0) zeroed where <= alpha / N
+and scaled by zinv.
 """
 
 from jax import lax
