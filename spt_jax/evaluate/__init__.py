@@ -1,0 +1,9 @@
+"""Evaluation building blocks: metrics, streaming anomaly metrics, reports, overlays.
+
+  metrics.segmentation_metrics(pred_logits, gt, valid_hw)  IoU / BIoU / Dice (JAX, batched)
+  metrics.iou_np, dice_np, boundary_iou_np                  the same in numpy (reference)
+  anomaly_metrics.PixelScoreAccumulator                     pixel AUROC and AUPRO, streamed
+  reports.write_results(output_dir, records, ...)           results.json / .csv / .md
+  reports.comparison_table(runs), comparison_chart(...)     several runs side by side
+  overlays.save_overlay(path, image, gt, draft, final, ...) a PNG per image to look at
+"""
