@@ -1,16 +1,17 @@
 """Overlay PNGs for looking at predictions: image, ground truth, draft and final masks.
 
 Panels side by side, each under a title strip: "image"; "ground truth" (GT contour);
-"draft IoU 0.xx" (translucent draft mask and its contour; left out when there is no
-draft); "final IoU 0.xx". The prompt is drawn on every panel: boxes as rectangles,
-points as dots (green positive, red negative; label -1 is padding and not drawn).
+then one per predicted step, e.g. "draft IoU 0.xx" and "final IoU 0.xx" (translucent
+mask and its contour; without a GT, no GT panel and no IoU). The prompt is drawn on
+every panel: boxes as rectangles, points as dots (green positive, red negative; label
+-1 is padding and not drawn).
 Masks are at the image's resolution and prompts in its pixel coordinates. Contours are
 the mask pixels within `thickness` pixels of the background or the image border.
 Numpy blends, PIL draws only text, boxes and dots: at 1024 px, about 0.15 s to render
 four panels and 0.2 s more to write the PNG (zlib level 1).
 """
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -20,8 +21,8 @@ from spt_jax.errors import SptUserError
 from spt_jax.evaluate.metrics import iou_np
 
 GT_COLOUR = (255, 220, 0)
-DRAFT_COLOUR = (255, 128, 0)
-FINAL_COLOUR = (0, 200, 255)
+STEP_COLOURS = {"draft": (255, 128, 0), "final": (0, 200, 255)}
+OTHER_STEP_COLOURS = ((200, 80, 255), (255, 90, 160), (120, 255, 200))  # cycled
 BOX_COLOUR = (255, 0, 255)
 POSITIVE_COLOUR = (0, 255, 0)
 NEGATIVE_COLOUR = (255, 0, 0)
@@ -68,39 +69,48 @@ def _check(image, masks, boxes, points, point_labels) -> None:
         f"{points.shape} and {None if point_labels is None else point_labels.shape}")
 
 
-def render_overlay(image: np.ndarray, gt: np.ndarray, draft: Optional[np.ndarray],
-                   final: np.ndarray, *, box: Optional[np.ndarray] = None,
+def step_colour(step: str, index: int) -> tuple[int, int, int]:
+  """The colour of a step's mask: its own for draft and final, else by position."""
+  return STEP_COLOURS.get(step, OTHER_STEP_COLOURS[index % len(OTHER_STEP_COLOURS)])
+
+
+def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
+                   gt: Optional[np.ndarray] = None, *, box: Optional[np.ndarray] = None,
                    points: Optional[np.ndarray] = None,
                    point_labels: Optional[np.ndarray] = None) -> np.ndarray:
   """The overlay as a (T + H, P * W, 3) uint8 array (P panels, T = `title_height`).
 
   Args:
     image: (H, W, 3) uint8.
-    gt, draft, final: (H, W) bool masks; draft may be None (a method without SDT).
+    predictions: {step: (H, W) bool mask}, one panel each in this order, e.g.
+      {'draft': ..., 'final': ...}.
+    gt: (H, W) bool ground truth, or None (no GT panel, no IoU in the titles).
     box: (4,) or (..., 4) xyxy boxes in image pixels.
     points: (..., 2) xy points in image pixels, with point_labels (...): 1 positive,
       0 negative, -1 padding.
   """
   image = np.asarray(image)
-  gt, final = np.asarray(gt, bool), np.asarray(final, bool)
-  draft = None if draft is None else np.asarray(draft, bool)
+  predictions = {step: np.asarray(mask, bool) for step, mask in predictions.items()}
+  gt = None if gt is None else np.asarray(gt, bool)
   boxes = None if box is None else np.asarray(box, np.float32)
   points = None if points is None else np.asarray(points, np.float32)
   point_labels = None if point_labels is None else np.asarray(point_labels)
-  _check(image, {"gt": gt, "draft": draft, "final": final}, boxes, points, point_labels)
+  _check(image, {"gt": gt, **{f"predictions[{s!r}]": m for s, m in predictions.items()}},
+         boxes, points, point_labels)
   height, width = image.shape[:2]
   thickness = line_thickness(height, width)
 
   panels = [("image", image.copy())]
-  gt_panel = image.copy()
-  gt_panel[contour(gt, thickness)] = GT_COLOUR
-  panels.append(("ground truth", gt_panel))
-  for name, mask, colour in (("draft", draft, DRAFT_COLOUR), ("final", final, FINAL_COLOUR)):
-    if mask is not None:
-      panel = image.copy()
-      _paint(panel, mask, colour, MASK_ALPHA)
-      panel[contour(mask, thickness)] = colour
-      panels.append((f"{name} IoU {iou_np(mask, gt):.2f}", panel))
+  if gt is not None:
+    gt_panel = image.copy()
+    gt_panel[contour(gt, thickness)] = GT_COLOUR
+    panels.append(("ground truth", gt_panel))
+  for index, (step, mask) in enumerate(predictions.items()):
+    colour = step_colour(step, index)
+    panel = image.copy()
+    _paint(panel, mask, colour, MASK_ALPHA)
+    panel[contour(mask, thickness)] = colour
+    panels.append((step if gt is None else f"{step} IoU {iou_np(mask, gt):.2f}", panel))
 
   strip = title_height(height, width)
   canvas = Image.new("RGB", (len(panels) * width, strip + height), TITLE_BACKGROUND)

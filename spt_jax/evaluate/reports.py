@@ -2,22 +2,24 @@
 
 Inputs:
   records       one `ImageRecord` per image and prompt: where it came from and, per SDT
-                step ('draft', 'final'; a method without SDT gives 'final' only), its
-                'iou', 'biou' and 'dice'.
-  pixel         optional {(dataset, prompt, category): {step: {'auroc', 'aupro'}}}, the
-                pixel-level anomaly metrics of each category (`anomaly_metrics`).
+                step (e.g. 'draft', 'final'; a method without SDT has 'final' only), its
+                'iou', 'boundary_iou' and 'dice' (the `metrics.SegmentationMetrics` names).
+  pixel         optional pixel AUROC / AUPRO (`anomaly_metrics`), keyed
+                (dataset, prompt, category) for a category's pixels or
+                (dataset, prompt, None) for all pixels of the dataset (pooled):
+                {key: {step: {'auroc', 'aupro'}}}.
   normal_left_out  optional {(dataset, category): number of normal images} (empty masks,
                 left out of promptable evaluation).
   config        optional JSON-able dict, stored as is.
 
-Means (results.json, per dataset and prompt):
-  mean_over_images      IoU / BIoU / Dice averaged over all images of the dataset, as the
-                        SPT authors report them;
-  mean_over_categories  the mean of the category means, and of the categories' AUROC /
-                        AUPRO (the anomaly-detection custom; None unless every category
-                        has them).
-AUROC / AUPRO are not per-image metrics: the "mean over images" rows show them as "-".
-Missing values are null in JSON, "" in CSV and "-" in tables.
+Per dataset and prompt (results.json, results.md):
+  all_images            IoU / BIoU / Dice: mean over the images (the SPT authors' dataset
+                        figure); AUROC / AUPRO: the pooled values, if given.
+  mean_over_categories  the mean of the category rows, every metric (None unless every
+                        category has a value).
+The "dataset values" of the stdout table, comparisons, chart and `flat_means` are the
+all_images ones. Steps keep the order of the records ('final' last). Missing values are
+null in JSON, "" in CSV and "-" in tables.
 """
 
 import csv
@@ -32,15 +34,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from spt_jax.errors import SptUserError
 
-STEPS = ("draft", "final")
-MASK_METRICS = ("iou", "biou", "dice")
+FINAL = "final"
+MASK_METRICS = ("iou", "boundary_iou", "dice")
 PIXEL_METRICS = ("auroc", "aupro")
-METRIC_NAMES = {"iou": "IoU", "biou": "BIoU", "dice": "Dice", "auroc": "AUROC",
+METRIC_NAMES = {"iou": "IoU", "boundary_iou": "BIoU", "dice": "Dice", "auroc": "AUROC",
                 "aupro": "AUPRO"}
-MEAN_OVER_IMAGES = "mean over images"
-MEAN_OVER_CATEGORIES = "mean over categories"
-# {(dataset, prompt, category): {step: {'auroc', 'aupro'}}} and {(dataset, category): n}.
-PixelMetrics = Mapping[tuple[str, str, str], Mapping[str, Mapping[str, float]]]
+# {(dataset, prompt, category or None): {step: {'auroc', 'aupro'}}}; {(dataset, category): n}.
+PixelMetrics = Mapping[tuple[str, str, Optional[str]], Mapping[str, Mapping[str, float]]]
 LeftOut = Mapping[tuple[str, str], int]
 # Bar colours of the comparison chart, one per run (cycled).
 _PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -51,7 +51,8 @@ _PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 class ImageRecord:
   """One evaluated image and prompt.
 
-  scores: {step: {'iou', 'biou', 'dice'}} for step in a non-empty subset of STEPS.
+  prompt: the kind of prompt, e.g. 'box' or 'points3' (results are grouped by it).
+  scores: {step: {'iou', 'boundary_iou', 'dice'}}, at least one step.
   """
   dataset: str
   category: str
@@ -61,13 +62,19 @@ class ImageRecord:
   scores: Mapping[str, Mapping[str, float]]
 
   def __post_init__(self):
-    if not self.scores or set(self.scores) - set(STEPS):
-      raise SptUserError(f"ImageRecord.scores of {self.image_path}: expected steps among "
-                         f"{STEPS}, got {sorted(self.scores)}")
+    if not self.scores:
+      raise SptUserError(f"ImageRecord.scores of {self.image_path}: expected at least one "
+                         "step, got none")
     for step, values in self.scores.items():
       if set(values) != set(MASK_METRICS) or not all(np.isfinite(list(values.values()))):
         raise SptUserError(f"ImageRecord.scores[{step!r}] of {self.image_path}: expected "
                            f"finite {MASK_METRICS}, got {dict(values)}")
+
+
+def _ordered_steps(step_lists: Iterable[Iterable[str]]) -> list[str]:
+  """The steps of all lists, in order of first appearance with 'final' last."""
+  seen = list(dict.fromkeys(s for steps in step_lists for s in steps))
+  return [s for s in seen if s != FINAL] + [s for s in seen if s == FINAL]
 
 
 def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
@@ -83,10 +90,11 @@ def _number(value: Optional[float]) -> Optional[float]:
   return None if value is None or np.isnan(value) else float(value)
 
 
-def _step_means(records: list[ImageRecord]) -> dict[str, dict[str, Optional[float]]]:
-  """{step: {metric: mean over the records}} for the steps every record has."""
-  steps = [s for s in STEPS if all(s in r.scores for r in records)]
-  return {s: {m: _mean(r.scores[s][m] for r in records) for m in MASK_METRICS}
+def _row(records: list[ImageRecord], steps: list[str],
+         pixel: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Optional[float]]]:
+  """{step: {mask metric: mean over the records, pixel metric: from `pixel`}}."""
+  return {s: {**{m: _mean(r.scores[s][m] for r in records) for m in MASK_METRICS},
+              **{m: _number(pixel.get(s, {}).get(m)) for m in PIXEL_METRICS}}
           for s in steps}
 
 
@@ -98,10 +106,10 @@ def summarize(records: Iterable[ImageRecord], *, pixel: Optional[PixelMetrics] =
   {'config': ..., 'datasets': {dataset: {
      'normal_left_out': {'total': n, 'per_category': {category: n}},
      'prompts': {prompt: {
-        'num_images': n, 'steps': [...],
-        'mean_over_images': {step: {iou, biou, dice}},
-        'mean_over_categories': {step: {iou, biou, dice, auroc, aupro}},
-        'categories': {category: {'num_images': n, step: {iou, biou, dice, auroc, aupro}}}}}}}}
+        'num_images': n, 'steps': [steps every record of the group has],
+        'all_images': {step: {iou, boundary_iou, dice, auroc, aupro}},
+        'mean_over_categories': {step: {...}},
+        'categories': {category: {'num_images': n, step: {...}}}}}}}}
   """
   records = list(records)
   pixel = pixel or {}
@@ -113,22 +121,21 @@ def summarize(records: Iterable[ImageRecord], *, pixel: Optional[PixelMetrics] =
     of_dataset = [r for r in records if r.dataset == dataset]
     for prompt in sorted({r.prompt for r in of_dataset}):
       of_prompt = [r for r in of_dataset if r.prompt == prompt]
-      overall = _step_means(of_prompt)
+      steps = [s for s in _ordered_steps(r.scores for r in of_prompt)
+               if all(s in r.scores for r in of_prompt)]
       categories = {}
       for category in sorted({r.category for r in of_prompt}):
-        means = _step_means([r for r in of_prompt if r.category == category])
-        anomaly = pixel.get((dataset, prompt, category), {})
+        of_category = [r for r in of_prompt if r.category == category]
         categories[category] = {
-            "num_images": sum(r.category == category for r in of_prompt),
-            **{s: {**means[s], **{m: _number(anomaly.get(s, {}).get(m)) for m in PIXEL_METRICS}}
-               for s in overall}}
+            "num_images": len(of_category),
+            **_row(of_category, steps, pixel.get((dataset, prompt, category), {}))}
       prompts[prompt] = {
           "num_images": len(of_prompt),
-          "steps": list(overall),
-          "mean_over_images": overall,
+          "steps": steps,
+          "all_images": _row(of_prompt, steps, pixel.get((dataset, prompt, None), {})),
           "mean_over_categories": {
               s: {m: _mean(c[s][m] for c in categories.values())
-                  for m in MASK_METRICS + PIXEL_METRICS} for s in overall},
+                  for m in MASK_METRICS + PIXEL_METRICS} for s in steps},
           "categories": categories}
     datasets[dataset] = {
         "normal_left_out": {"total": sum(left_out.values()), "per_category": left_out},
@@ -154,8 +161,8 @@ def _render(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
   if markdown:
     lines = [headers, ["---"] * len(headers)] + rows
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-  widths = [max(len(str(line[i])) for line in [headers] + rows) for i in range(len(headers))]
-  return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip()
+  widths = [max(len(line[i]) for line in [headers] + rows) for i in range(len(headers))]
+  return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
                    for line in [headers] + rows)
 
 
@@ -166,49 +173,65 @@ def _groups(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Mapping[str,
       yield dataset, prompt, summary
 
 
-def _dataset_values(summary: Mapping[str, Any], step: str, metric: str) -> Optional[float]:
-  """One number per dataset: IoU/BIoU/Dice over images, AUROC/AUPRO over categories."""
-  if step not in summary["steps"]:
+def _dataset_value(results: Mapping[str, Any], dataset: str, prompt: str, step: str,
+                   metric: str) -> Optional[float]:
+  """The all_images value, None where the run lacks the dataset, prompt or step."""
+  summary = results["datasets"].get(dataset, {}).get("prompts", {}).get(prompt)
+  if summary is None or step not in summary["steps"]:
     return None
-  if metric in MASK_METRICS:
-    return summary["mean_over_images"][step][metric]
-  return summary["mean_over_categories"][step][metric]
+  return summary["all_images"][step][metric]
 
 
 def markdown_report(results: Mapping[str, Any]) -> str:
-  """results.md: per dataset and prompt, categories x (metric, step) and the two means."""
+  """results.md: per dataset and prompt, categories x (metric, step), then the two means."""
   sections = ["# Results"]
   for dataset, prompt, summary in _groups(results):
     columns = _metric_columns(summary["steps"])
     left_out = results["datasets"][dataset]["normal_left_out"]["total"]
     rows = [[category, str(values["num_images"])] + [_cell(values[s][m]) for m, s in columns]
             for category, values in summary["categories"].items()]
-    rows.append([f"**{MEAN_OVER_IMAGES}**", str(summary["num_images"])] + [
-        _cell(summary["mean_over_images"][s].get(m)) for m, s in columns])
-    rows.append([f"{MEAN_OVER_CATEGORIES}", str(len(summary["categories"]))] + [
-        _cell(summary["mean_over_categories"][s][m]) for m, s in columns])
+    rows.append(["**all images**", str(summary["num_images"])]
+                + [_cell(summary["all_images"][s][m]) for m, s in columns])
+    rows.append(["mean over categories", str(len(summary["categories"]))]
+                + [_cell(summary["mean_over_categories"][s][m]) for m, s in columns])
     sections.append(
         f"## {dataset}, {prompt} prompt\n\nImages: {summary['num_images']}; normal images "
-        f"left out: {left_out}. The mean over images is the SPT authors' "
-        f"dataset figure; the mean over categories averages the category rows (its n "
-        f"counts categories).\n\n"
+        f"left out: {left_out}. All images: IoU / BIoU / Dice are means over the images "
+        "(the SPT authors' dataset figure), AUROC / AUPRO are over the pooled pixels. Mean "
+        "over categories: the mean of the category rows (its n counts categories).\n\n"
         + _render(["category", "n"] + _column_titles(columns), rows, markdown=True))
   return "\n\n".join(sections) + "\n"
 
 
 def text_table(results: Mapping[str, Any]) -> str:
-  """A compact plain-text table: one row per dataset and prompt."""
-  steps = [s for s in STEPS if any(s in g["steps"] for _, _, g in _groups(results))]
-  columns = _metric_columns(steps)
+  """A compact plain-text table of the dataset values: one row per dataset and prompt."""
+  columns = _metric_columns(_ordered_steps(g["steps"] for _, _, g in _groups(results)))
   rows = [[dataset, prompt, str(summary["num_images"])]
-          + [_cell(_dataset_values(summary, s, m)) for m, s in columns]
+          + [_cell(_dataset_value(results, dataset, prompt, s, m)) for m, s in columns]
           for dataset, prompt, summary in _groups(results)]
   return _render(["dataset", "prompt", "n"] + _column_titles(columns), rows, markdown=False)
 
 
 def print_table(results: Mapping[str, Any], file: Optional[TextIO] = None) -> None:
-  """Prints `text_table` (IoU/BIoU/Dice over images, AUROC/AUPRO over categories)."""
+  """Prints `text_table`."""
   print(text_table(results), file=file or sys.stdout)
+
+
+def flat_means(results: Mapping[str, Any]) -> dict[str, float]:
+  """Scalars for TensorBoard and checkpoint selection (e.g. 'final_iou').
+
+  '<step>_<metric>': the mean over datasets and prompts of their dataset values (the
+  authors' average over datasets); '<dataset>/<prompt>/<step>_<metric>': each one.
+  Missing values are left out.
+  """
+  per_group = {}
+  for dataset, prompt, summary in _groups(results):
+    for step, values in summary["all_images"].items():
+      for metric, value in values.items():
+        if value is not None:
+          per_group.setdefault(f"{step}_{metric}", []).append(value)
+          per_group[f"{dataset}/{prompt}/{step}_{metric}"] = [value]
+  return {key: float(np.mean(values)) for key, values in per_group.items()}
 
 
 def write_results(output_dir: str, records: Iterable[ImageRecord], *,
@@ -223,7 +246,8 @@ def write_results(output_dir: str, records: Iterable[ImageRecord], *,
     json.dump(results, f, indent=2, allow_nan=False)
   with open(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
     writer = csv.writer(f)
-    score_columns = [(s, m) for s in STEPS for m in MASK_METRICS]
+    score_columns = [(s, m) for s in _ordered_steps(r.scores for r in records)
+                     for m in MASK_METRICS]
     writer.writerow(["dataset", "category", "defect_type", "image_path", "prompt"]
                     + [f"{s}_{m}" for s, m in score_columns])
     for r in records:
@@ -238,50 +262,42 @@ def _comparison_groups(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str,
   return sorted({(d, p) for results in runs.values() for d, p, _ in _groups(results)})
 
 
-def _run_value(results: Mapping[str, Any], dataset: str, prompt: str, step: str,
-               metric: str) -> Optional[float]:
-  summary = results["datasets"].get(dataset, {}).get("prompts", {}).get(prompt)
-  return None if summary is None else _dataset_values(summary, step, metric)
-
-
 def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
   """Markdown: per dataset and prompt, one row per run (its name) and the metric columns.
 
-  runs: {name: results of `summarize`} on the same data (methods, configs).
-  IoU / BIoU / Dice are means over images, AUROC / AUPRO means over categories.
+  runs: {name: results of `summarize`} on the same data (methods, configs); the values
+  are the dataset values (module docstring).
   """
-  columns = _metric_columns(STEPS)
+  columns = _metric_columns(_ordered_steps(
+      g["steps"] for results in runs.values() for _, _, g in _groups(results)))
   sections = []
   for dataset, prompt in _comparison_groups(runs):
-    rows = [[name] + [_cell(_run_value(results, dataset, prompt, s, m)) for m, s in columns]
+    rows = [[name] + [_cell(_dataset_value(results, dataset, prompt, s, m)) for m, s in columns]
             for name, results in runs.items()]
     sections.append(f"## {dataset}, {prompt} prompt\n\n"
                     + _render(["run"] + _column_titles(columns), rows, markdown=True))
-  return ("IoU / BIoU / Dice: mean over images; AUROC / AUPRO: mean over categories.\n\n"
+  return ("IoU / BIoU / Dice: mean over images; AUROC / AUPRO: over the pooled pixels.\n\n"
           + "\n\n".join(sections) + "\n")
 
 
 def comparison_chart(runs: Mapping[str, Mapping[str, Any]], path: str, *,
-                     metric: str = "iou", step: str = "final") -> None:
+                     metric: str = "iou", step: str = FINAL) -> None:
   """A grouped bar chart PNG: one group per dataset and prompt, one bar per run.
 
-  Bars show `_dataset_values` (0..1 axis); a missing value draws no bar.
+  Bars show the dataset values of `metric` at `step` (0..1 axis); a missing value draws
+  no bar.
   """
-  if metric not in METRIC_NAMES or step not in STEPS:
-    raise SptUserError(f"metric, step: expected one of {tuple(METRIC_NAMES)} and one of "
-                       f"{STEPS}, got {metric!r}, {step!r}")
+  if metric not in METRIC_NAMES:
+    raise SptUserError(f"metric: expected one of {tuple(METRIC_NAMES)}, got {metric!r}")
   groups = _comparison_groups(runs)
-  font = ImageFont.load_default(size=14)
+  font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=10)
   bar, gap, left, top, plot_height = 28, 36, 56, 40, 300
   legend_width = 24 + max((int(font.getlength(name)) for name in runs), default=0)
   plot_width = max(1, len(groups)) * (len(runs) * bar + gap) + gap
   image = Image.new("RGB", (left + plot_width + legend_width + 24, top + plot_height + 60),
                     "white")
   draw = ImageDraw.Draw(image)
-  average = "images" if metric in MASK_METRICS else "categories"
-  draw.text((left, 10), f"{METRIC_NAMES[metric]} ({step}), mean over {average}", fill="black",
-            font=font)
-  small = ImageFont.load_default(size=10)
+  draw.text((left, 10), f"{METRIC_NAMES[metric]} ({step})", fill="black", font=font)
   bottom = top + plot_height
   for tick in np.linspace(0, 1, 6):
     y = bottom - tick * plot_height
@@ -290,19 +306,17 @@ def comparison_chart(runs: Mapping[str, Mapping[str, Any]], path: str, *,
   for g, (dataset, prompt) in enumerate(groups):
     x0 = left + gap + g * (len(runs) * bar + gap)
     for r, results in enumerate(runs.values()):
-      value = _run_value(results, dataset, prompt, step, metric)
+      value = _dataset_value(results, dataset, prompt, step, metric)
       if value is not None:
-        x = x0 + r * bar
-        draw.rectangle([x, bottom - value * plot_height, x + bar - 3, bottom],
-                       fill=_PALETTE[r % len(_PALETTE)])
-        draw.text((x + (bar - 3) / 2, bottom - value * plot_height - 2), f"{value:.2f}",
-                  fill="black", font=small, anchor="mb")
+        x, y = x0 + r * bar, bottom - value * plot_height
+        draw.rectangle([x, y, x + bar - 3, bottom], fill=_PALETTE[r % len(_PALETTE)])
+        draw.text((x + (bar - 3) / 2, y - 2), f"{value:.2f}", fill="black", font=small,
+                  anchor="mb")
     draw.text((x0 + len(runs) * bar / 2, bottom + 8), f"{dataset} ({prompt})", fill="black",
               font=font, anchor="mt")
   draw.line([(left, top), (left, bottom), (left + plot_width, bottom)], fill="black")
   for r, name in enumerate(runs):
-    y = top + r * 20
-    x = left + plot_width + 12
+    x, y = left + plot_width + 12, top + r * 20
     draw.rectangle([x, y, x + 12, y + 12], fill=_PALETTE[r % len(_PALETTE)])
     draw.text((x + 18, y + 6), name, fill="black", font=font, anchor="lm")
   image.save(path)

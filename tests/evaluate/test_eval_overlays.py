@@ -29,7 +29,8 @@ def fixture_overlay():
   gt = square((40, 80), (50, 100))
   draft = square((45, 85), (50, 100))
   final = square((40, 80), (52, 100))
-  return overlays.render_overlay(image, gt, draft, final, box=[48, 38, 101, 81],
+  return overlays.render_overlay(image, {"draft": draft, "final": final}, gt,
+                                 box=[48, 38, 101, 81],
                                  points=[[75, 60], [20, 100], [0, 0]],
                                  point_labels=[1, 0, -1])
 
@@ -54,8 +55,8 @@ def test_ground_truth_contour(overlay):
 
 
 def test_masks_are_translucent_with_contours(overlay):
-  for index, colour, inside, edge in [(2, overlays.DRAFT_COLOUR, (65, 75), (84, 75)),
-                                      (3, overlays.FINAL_COLOUR, (65, 75), (60, 52))]:
+  for index, colour, inside, edge in [(2, overlays.STEP_COLOURS["draft"], (65, 75), (84, 75)),
+                                      (3, overlays.STEP_COLOURS["final"], (65, 75), (60, 52))]:
     image = panel(overlay, index)
     blended = np.round(GREY * (1 - overlays.MASK_ALPHA)
                        + np.asarray(colour) * overlays.MASK_ALPHA)
@@ -74,22 +75,26 @@ def test_prompts_on_every_panel(overlay):
     assert tuple(image[1, 1]) == (GREY,) * 3             # the padding point is not drawn
 
 
-def test_without_draft_and_saved_png(tmp_path):
+def test_one_step_without_gt_and_saved_png(tmp_path):
   image = np.full((H, W, 3), GREY, np.uint8)
-  gt = square((40, 80), (50, 100))
+  mask = square((40, 80), (50, 100))
   path = str(tmp_path / "overlay.png")
-  overlays.save_overlay(path, image, gt, None, gt)
+  overlays.save_overlay(path, image, {"final": mask})
   saved = np.asarray(Image.open(path))
-  assert saved.shape == (overlays.title_height(H, W) + H, 3 * W, 3)
-  np.testing.assert_array_equal(saved, overlays.render_overlay(image, gt, None, gt))
+  assert saved.shape == (overlays.title_height(H, W) + H, 2 * W, 3)
+  np.testing.assert_array_equal(saved, overlays.render_overlay(image, {"final": mask}))
+  assert tuple(panel(saved, 1)[40, 70]) == overlays.STEP_COLOURS["final"]
+  assert not np.all(saved == overlays.GT_COLOUR, axis=-1).any()
 
 
 def test_bad_inputs_name_the_argument():
   image = np.zeros((H, W, 3), np.uint8)
   mask = np.zeros((H, W), bool)
-  with pytest.raises(SptUserError, match="final"):
-    overlays.render_overlay(image, mask, mask, mask[:, :10])
+  with pytest.raises(SptUserError, match=r"predictions\['final'\]"):
+    overlays.render_overlay(image, {"draft": mask, "final": mask[:, :10]}, mask)
+  with pytest.raises(SptUserError, match="gt"):
+    overlays.render_overlay(image, {"final": mask}, mask[:10])
   with pytest.raises(SptUserError, match="image"):
-    overlays.render_overlay(image.astype(np.float32), mask, mask, mask)
+    overlays.render_overlay(image.astype(np.float32), {"final": mask}, mask)
   with pytest.raises(SptUserError, match="point_labels"):
-    overlays.render_overlay(image, mask, mask, mask, points=[[1, 2]])
+    overlays.render_overlay(image, {"final": mask}, mask, points=[[1, 2]])

@@ -14,7 +14,7 @@ from spt_jax.evaluate.reports import ImageRecord
 
 
 def scores(iou, biou, dice):
-  return {"iou": iou, "biou": biou, "dice": dice}
+  return {"iou": iou, "boundary_iou": biou, "dice": dice}
 
 
 def record(dataset, category, name, **steps):
@@ -35,6 +35,8 @@ PIXEL = {
                                  "final": {"auroc": 0.95, "aupro": 0.85}},
     ("mvtec", "box", "cable"): {"draft": {"auroc": 0.8, "aupro": 0.7},
                                 "final": {"auroc": 0.85, "aupro": 0.75}},
+    ("mvtec", "box", None): {"draft": {"auroc": 0.88, "aupro": 0.77},   # pooled pixels
+                             "final": {"auroc": 0.93, "aupro": float("nan")}},
 }
 LEFT_OUT = {("mvtec", "bottle"): 20, ("mvtec", "cable"): 58, ("visa", "candle"): 0}
 
@@ -55,15 +57,17 @@ def test_json_means_counts_and_config(results, tmp_path):
   box = mvtec["prompts"]["box"]
   assert box["num_images"] == 3 and box["steps"] == ["draft", "final"]
   # Over images: (0.5 + 0.7 + 0.9) / 3; over categories: (0.6 + 0.9) / 2.
-  assert box["mean_over_images"]["final"]["iou"] == pytest.approx(0.7)
-  assert box["mean_over_images"]["draft"]["dice"] == pytest.approx(0.7)
+  assert box["all_images"]["final"]["iou"] == pytest.approx(0.7)
+  assert box["all_images"]["draft"]["dice"] == pytest.approx(0.7)
+  assert box["all_images"]["draft"]["auroc"] == 0.88
+  assert box["all_images"]["final"]["aupro"] is None  # NaN becomes null
   assert box["mean_over_categories"]["final"]["iou"] == pytest.approx(0.75)
-  assert box["mean_over_categories"]["draft"]["biou"] == pytest.approx(0.55)
+  assert box["mean_over_categories"]["draft"]["boundary_iou"] == pytest.approx(0.55)
   assert box["mean_over_categories"]["final"]["auroc"] == pytest.approx(0.9)
   assert box["mean_over_categories"]["draft"]["aupro"] == pytest.approx(0.75)
   assert box["categories"]["bottle"]["num_images"] == 2
   assert box["categories"]["bottle"]["final"] == pytest.approx(
-      {"iou": 0.6, "biou": 0.5, "dice": 0.7, "auroc": 0.95, "aupro": 0.85})
+      {"iou": 0.6, "boundary_iou": 0.5, "dice": 0.7, "auroc": 0.95, "aupro": 0.85})
   visa = written["datasets"]["visa"]["prompts"]["box"]
   assert visa["steps"] == ["final"]
   assert visa["categories"]["candle"]["final"]["auroc"] is None
@@ -89,8 +93,8 @@ def test_markdown_tables(results, tmp_path):
           "Dice final | AUROC draft | AUROC final | AUPRO draft | AUPRO final |") in text
   assert ("| bottle | 2 | 0.500 | 0.600 | 0.400 | 0.500 | 0.600 | 0.700 | 0.900 | 0.950 | "
           "0.800 | 0.850 |") in text
-  assert ("| **mean over images** | 3 | 0.600 | 0.700 | 0.500 | 0.600 | 0.700 | 0.783 | - | - "
-          "| - | - |") in text
+  assert ("| **all images** | 3 | 0.600 | 0.700 | 0.500 | 0.600 | 0.700 | 0.783 | 0.880 | 0.930 "
+          "| 0.770 | - |") in text
   assert ("| mean over categories | 2 | 0.650 | 0.750 | 0.550 | 0.650 | 0.750 | 0.825 | 0.850 "
           "| 0.900 | 0.750 | 0.800 |") in text
   visa = text[text.index("## visa"):]
@@ -107,7 +111,7 @@ def test_text_table(results):
                               "final", "AUROC", "draft", "AUROC", "final", "AUPRO", "draft",
                               "AUPRO", "final"]
   assert lines[1].split() == ["mvtec", "box", "3", "0.600", "0.700", "0.500", "0.600",
-                              "0.700", "0.783", "0.850", "0.900", "0.750", "0.800"]
+                              "0.700", "0.783", "0.880", "0.930", "0.770", "-"]
   assert lines[2].split() == ["visa", "box", "1", "-", "0.300", "-", "0.200", "-", "0.400",
                               "-", "-", "-", "-"]
 
@@ -122,7 +126,8 @@ def test_comparison_table(results):
   runs = {"SPT": results, **runs_with_final_iou({"SAM": 0.25})}
   table = reports.comparison_table(runs)
   mvtec = table[table.index("## mvtec"):table.index("## visa")]
-  assert "| SPT | 0.600 | 0.700 | 0.500 | 0.600 |" in mvtec
+  assert ("| SPT | 0.600 | 0.700 | 0.500 | 0.600 | 0.700 | 0.783 | 0.880 | 0.930 | 0.770 | - |"
+          in mvtec)
   assert "| SAM | - | 0.250 | - | 0.250 | - | 0.250 | - | - | - | - |" in mvtec
   visa = table[table.index("## visa"):]
   assert "| SAM | - | - |" in visa and "| SPT | - | 0.300 |" in visa
@@ -142,9 +147,28 @@ def test_comparison_chart_bar_heights(tmp_path):
     reports.comparison_chart({}, path, metric="accuracy")
 
 
+def test_flat_means_average_the_datasets(results):
+  flat = reports.flat_means(results)
+  assert flat["final_iou"] == pytest.approx((0.7 + 0.3) / 2)
+  assert flat["mvtec/box/final_iou"] == pytest.approx(0.7)
+  assert flat["draft_iou"] == pytest.approx(0.6)  # visa has no draft
+  assert flat["final_auroc"] == pytest.approx(0.93)
+  assert "final_aupro" not in flat
+
+
+def test_more_steps_keep_their_order(tmp_path):
+  steps = {"step0": (0.1, 0.1, 0.1), "step1": (0.2, 0.2, 0.2), "final": (0.3, 0.3, 0.3)}
+  results = reports.write_results(str(tmp_path), [record("mvtec", "bottle", "a", **steps)])
+  assert results["datasets"]["mvtec"]["prompts"]["box"]["steps"] == ["step0", "step1", "final"]
+  header = reports.text_table(results).splitlines()[0].split()
+  assert header[3:9] == ["IoU", "step0", "IoU", "step1", "IoU", "final"]
+  with open(tmp_path / "results.csv", newline="") as f:
+    assert next(csv.reader(f))[5:8] == ["step0_iou", "step0_boundary_iou", "step0_dice"]
+
+
 def test_bad_records_name_the_field():
   with pytest.raises(SptUserError, match="scores"):
-    ImageRecord("mvtec", "bottle", "crack", "x.png", "box", {"middle": scores(1, 1, 1)})
+    ImageRecord("mvtec", "bottle", "crack", "x.png", "box", {})
   with pytest.raises(SptUserError, match=r"scores\['final'\]"):
     ImageRecord("mvtec", "bottle", "crack", "x.png", "box", {"final": {"iou": 1.0}})
   with pytest.raises(SptUserError, match="finite"):
