@@ -31,3 +31,9 @@ def prompt_targets(batch, config: PromptConfig) -> jax.Array:
     return (regions[:, None] == slots[None, :, None, None]).astype(jnp.float32)
   return jnp.broadcast_to(batch["mask"][:, None], batch["mask"].shape[:1] + (
       config.max_prompts,) + batch["mask"].shape[1:]).astype(jnp.float32)
+
+
+def array_fields(batch) -> dict:
+  """The numeric entries of a pipeline batch (drops the byte-string metadata)."""
+  return {k: v for k, v in batch.items() if getattr(v, "dtype", None) is not None
+          and v.dtype.kind not in "SUO"}

@@ -39,7 +39,8 @@ Resize protocols: "sam" (longest side to S, PIL bilinear, like SamPredictor) and
 "paper" (exact S x S, torch bilinear without antialias, truncated to uint8, like the
 authors' evaluation); see spt_jax.data.resize. With `augment`, a horizontal flip and
 large-scale jitter (spt_jax.data.augment) replace the resize. Normal images (empty
-masks) are left out unless keep_normal, and counted in `DataPipeline.num_normal_left_out`;
+masks) are left out unless keep_normal, and counted per category in
+`DataPipeline.normal_left_out`;
 files skipped when the dataset was built (on_bad_input="skip") are reported as well.
 
 Typical training config: augment=True, shuffle=True, num_epochs=None,
@@ -238,7 +239,7 @@ class DataPipeline:
 
   num_examples: examples per epoch over all processes (after leaving normals out).
   num_local_examples: those this process reads per epoch (its shard).
-  num_normal_left_out: normal images (empty masks) of the selected categories left out.
+  normal_left_out: {category: normal images (empty masks) left out}.
   skipped_at_build: [[path, message], ...] skipped in this split when it was built.
   """
   loader: grain.DataLoader
@@ -246,8 +247,12 @@ class DataPipeline:
   categories: tuple[str, ...]
   num_examples: int
   num_local_examples: int
-  num_normal_left_out: int
+  normal_left_out: dict[str, int]
   skipped_at_build: list[list[str]]
+
+  @property
+  def num_normal_left_out(self) -> int:
+    return sum(self.normal_left_out.values())
 
   def __iter__(self):
     """grain's checkpointable iterator (get_state / set_state)."""
@@ -281,8 +286,8 @@ def prepare_dataset(config: DataConfig) -> tuple[DataConfig, Any]:
   return config, builder
 
 
-def _select(config: DataConfig, builder) -> tuple[np.ndarray, tuple[str, ...], int]:
-  """(record indices, categories, normal images left out) of the configured subset."""
+def _select(config: DataConfig, builder) -> tuple[np.ndarray, tuple[str, ...], dict]:
+  """(record indices, categories, {category: normal images}) of the configured subset."""
   index = builder.info.metadata.get(config.split)
   if index is None:
     raise SptUserError(f"{builder.data_dir}: no split {config.split!r} in {builder.name}; "
@@ -296,14 +301,14 @@ def _select(config: DataConfig, builder) -> tuple[np.ndarray, tuple[str, ...], i
                        f"it has {available}")
   keep = np.isin(category, wanted)
   empty = np.asarray(index["mask_pixels"]) == 0
-  num_normal = int((keep & empty).sum())
+  normal = {c: int((keep & empty & (category == c)).sum()) for c in sorted(set(wanted))}
   if not config.keep_normal:
     keep &= ~empty
   indices = np.flatnonzero(keep)
   if not len(indices):
     raise SptUserError(f"{builder.name}/{config.split} categories {list(wanted)}: no "
                        "example with a defect mask (set keep_normal to read normal images)")
-  return indices, tuple(sorted(set(wanted))), num_normal
+  return indices, tuple(sorted(set(wanted))), normal
 
 
 def _shard(indices: np.ndarray, drop_remainder: bool) -> np.ndarray:
@@ -333,7 +338,7 @@ def make_pipeline(config: DataConfig | Mapping[str, Any] | Any) -> DataPipeline:
   """Builds (or finds) the dataset and returns its grain pipeline (module docstring)."""
   config = DataConfig.from_config(config).check()
   config, builder = prepare_dataset(config)
-  indices, categories, num_normal = _select(config, builder)
+  indices, categories, normal = _select(config, builder)
   source = builder.as_data_source(config.split)
   if config.original_canvas:
     sizes = np.asarray(builder.info.metadata[config.split]["original_size"])
@@ -354,7 +359,7 @@ def make_pipeline(config: DataConfig | Mapping[str, Any] | Any) -> DataPipeline:
   pipeline = DataPipeline(
       loader=loader, config=config, categories=categories, num_examples=len(indices),
       num_local_examples=len(local),
-      num_normal_left_out=0 if config.keep_normal else num_normal,
+      normal_left_out={} if config.keep_normal else normal,
       skipped_at_build=builders.skipped_files(builder).get(config.split, []))
   logging.info("%s", pipeline.summary())
   return pipeline

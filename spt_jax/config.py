@@ -1,0 +1,135 @@
+"""The main job's configuration: every field with its default, and the checks run first.
+
+Config files (`configs/*.py`) define `get_config(arg)` returning `base_config()` with
+fields changed; the command line changes single fields (`--config.train.num_steps=5`).
+The dict is locked: a field that does not exist is an error, not a silent no-op.
+
+Fields:
+  model.base         '' (random init, tests only), 'embedded' (the shipped tiny
+                     pretrained SAM), or a directory from weights_conversion.convert_sam
+                     (SAM or SPT).
+  model.type         size when base is '': a preset ('vit_b'/'vit_l'/'vit_h') or 'tiny'.
+  model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
+  model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
+  model.relation_impl, dtype, remat, query_chunk: see spt_jax.spt.model / models.sam.
+  trainable          regexes on 'collection/module/.../leaf' paths that train.
+  data.train, data.eval   spt_jax.data.pipeline.DataConfig fields (image_size comes
+                     from the model spec; eval uses original_canvas for full-res metrics).
+  loss               spt_jax.spt.losses.LossSpec fields.
+  optimizer          spt_jax.train.optimizer.OptimizerSpec fields; decay_epochs are
+                     turned into decay_steps from the training set size.
+  train              num_epochs or num_steps (steps win when > 0), log/eval/checkpoint
+                     periods in steps, checkpoints kept, seed.
+  eval               metrics options, overlays; which checkpoint of the
+                     workdir --mode=eval uses ('latest' or 'best').
+  predict            images_dir, prompts_file, output_dir for --mode=predict.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from spt_jax.data.prompts import PromptConfig
+from spt_jax.models.config import AdapterSpec
+from spt_jax.spt.losses import LossSpec
+from spt_jax.train.optimizer import OptimizerSpec
+from spt_jax.train.trainable import SPT_TRAINABLE
+
+MODES = ("train_and_eval", "train", "eval", "predict")
+
+
+def _from_dataclass(instance, **overrides) -> ml_collections.ConfigDict:
+  fields = {**{k: v for k, v in instance.__dict__.items()}, **overrides}
+  return ml_collections.ConfigDict(fields)
+
+
+def prompt_defaults(mode: str = "box") -> ml_collections.ConfigDict:
+  """A prompt block: a mode of spt_jax.data.prompts.PRESETS; any field set overrides it."""
+  prompt = ml_collections.ConfigDict({"mode": mode})
+  for field in dataclasses.fields(PromptConfig):
+    prompt[field.name] = ml_collections.config_dict.placeholder(field.type)
+  return prompt
+
+
+def prompt_fields(prompt: ml_collections.ConfigDict) -> dict:
+  """The mode and the fields that were set (unset placeholders dropped)."""
+  return {k: v for k, v in prompt.to_dict().items() if v is not None}
+
+
+def data_defaults(**overrides) -> ml_collections.ConfigDict:
+  """A data block (DataConfig fields that configs usually set)."""
+  fields = dict(dataset="synthetic", manual_dir="", data_dir="",
+                dataset_options=ml_collections.ConfigDict(), split="test", categories=(),
+                resize="sam", augment=False, prompt=prompt_defaults(), keep_normal=False,
+                original_canvas=0, seed=0, shuffle=False, batch_size=1,
+                drop_remainder=False, worker_count=0, on_bad_input="error")
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (SPT on ViT-B at 1024, the paper's recipe)."""
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      base="", type="vit_b",
+      adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
+      sdt_steps=2, relation_impl="auto", dtype="float32", remat=False, query_chunk=1024))
+  config.trainable = SPT_TRAINABLE
+  config.data = ml_collections.ConfigDict()
+  config.data.train = data_defaults(augment=True, shuffle=True, drop_remainder=True)
+  config.data.eval = data_defaults()
+  config.loss = _from_dataclass(LossSpec())
+  config.optimizer = _from_dataclass(OptimizerSpec(), decay_epochs=(10,))
+  config.train = ml_collections.ConfigDict(dict(
+      num_epochs=16, num_steps=0, log_every_steps=10, eval_every_steps=0,
+      checkpoint_every_steps=100, keep_checkpoints=3, best_metric="final_iou", seed=0))
+  config.eval = ml_collections.ConfigDict(dict(
+      dilation_ratio=0.02, anomaly_metrics=True, score_bins=2 ** 18,
+      num_overlays=8, checkpoint="latest"))
+  config.predict = ml_collections.ConfigDict(dict(
+      images_dir="", prompts_file="", output_dir=""))
+  return config
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the field set so that unknown overrides fail."""
+  config.lock()
+  return config
+
+
+def to_data_config(block: ml_collections.ConfigDict, image_size: int, num_epochs):
+  """A DataConfig from a data block: '' and 0 mean unset, image size from the model."""
+  from spt_jax.data.pipeline import DataConfig  # pylint: disable=g-import-not-at-top
+  fields = block.to_dict()
+  fields["prompt"] = prompt_fields(block.prompt)
+  for key in ("manual_dir", "data_dir"):
+    fields[key] = fields[key] or None
+  fields["original_canvas"] = fields["original_canvas"] or None
+  return DataConfig.from_config(dict(fields, image_size=image_size, num_epochs=num_epochs))
+
+
+# Original-resolution canvas per benchmark: at least the largest image side it holds.
+CANVAS = {"mvtec_ad": 1024, "visa": 2048, "btad": 1600, "mpdd": 1024, "ksdd2": 704,
+          "spt_archive": 2048}
+MODEL_VARIANTS = ("vit_b", "vit_l", "vit_h")
+
+
+def benchmark_config(dataset: str, arg: str, train_dataset: str) -> ml_collections.ConfigDict:
+  """Evaluate on `dataset`'s test split after training on `train_dataset`'s test split.
+
+  `arg` is the model variant ('vit_b' default, 'vit_l', 'vit_h'). Data set folders and
+  the converted SAM base are given on the command line, e.g.
+  --config.model.base=converted/sam_vit_b --config.data.eval.manual_dir=/data/visa
+  --config.data.train.manual_dir=/data/mvtec_ad.
+  """
+  from spt_jax.errors import SptUserError  # pylint: disable=g-import-not-at-top
+  variant = arg or "vit_b"
+  if variant not in MODEL_VARIANTS:
+    raise SptUserError(f"config variant {arg!r}: expected one of {MODEL_VARIANTS}")
+  config = base_config()
+  config.model.type = variant
+  config.data.train.dataset = train_dataset
+  config.data.eval.dataset = dataset
+  config.data.eval.original_canvas = CANVAS[dataset]
+  config.eval.num_overlays = 16
+  return lock(config)

@@ -1,0 +1,191 @@
+"""The evaluation loop: model over the eval split, metrics at original resolution, reports.
+
+Per batch, one jit-compiled call runs the encoder once per image, every SDT step for
+all prompts, maps each step's low-res logits to the original resolution (inside a
+zero-padded canvas of side `data.eval.original_canvas`, with the postprocessing of the
+configured resize protocol expressed as per-image interpolation matrices) and computes
+IoU, Boundary IoU and Dice there. Pixel AUROC/AUPRO accumulate on the host from the
+sigmoid scores of the evaluated (anomalous) images. Step 0 is the draft, the last step
+the final mask; with fresh adapters the draft is zero-shot SAM.
+"""
+
+import collections
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spt_jax import model_inputs
+from spt_jax import transforms
+from spt_jax.config import prompt_fields, to_data_config
+from spt_jax.data.pipeline import make_pipeline
+from spt_jax.errors import SptUserError
+from spt_jax.evaluate import anomaly_metrics
+from spt_jax.evaluate import overlays
+from spt_jax.evaluate import reports
+from spt_jax.evaluate.metrics import segmentation_metrics
+from spt_jax.ops.resize import linear_resize_matrix, sam_postprocess_matrix
+from spt_jax.train.metric_writer import MetricWriter
+
+STEP_NAMES = ("draft", "final")
+MASK_METRICS = ("iou", "boundary_iou", "dice")
+
+
+def step_names(num_steps: int) -> tuple[str, ...]:
+  """Names of the SDT steps' outputs: ('final',) for one step, ('draft', 'final') for two."""
+  return STEP_NAMES[-num_steps:] if num_steps <= 2 else tuple(
+      f"step{i}" for i in range(num_steps - 1)) + ("final",)
+
+
+def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: int,
+                       original_len: int, canvas: int) -> np.ndarray:
+  """(canvas, low_res) matrix: low-res logits -> original pixels (rows past H0 zero)."""
+  if protocol == "sam":
+    matrix = sam_postprocess_matrix(low_res, image_size, input_len, original_len)
+  else:  # "paper": straight to the original size, as the authors' evaluation
+    matrix = linear_resize_matrix(low_res, original_len)
+  return np.pad(matrix, ((0, canvas - original_len), (0, 0)))
+
+
+class Evaluator:
+  """Evaluates variables of `model` on `config.data.eval`; writes reports to workdir."""
+
+  def __init__(self, config, model, workdir: str):
+    self.config = config
+    self.model = model
+    self.workdir = workdir
+    self.data_config = to_data_config(config.data.eval, model.spec.image_size, num_epochs=1)
+    if self.data_config.prompt.per_region:
+      raise SptUserError("data.eval.prompt: per-region prompts are for training; evaluation "
+                         "uses one prompt per image (the paper's protocol)")
+    self.canvas = self.data_config.original_canvas
+    self.steps = step_names(model.sdt_steps)
+    self._forward = jax.jit(self._forward_fn)
+
+  def _forward_fn(self, variables, batch, rows, cols):
+    """-> metrics {name: (steps, B, P)}, scores (steps, B, P, C, C), logits (steps, B, P, l, l)."""
+    output = self.model.apply(variables, model_inputs.model_images(batch),
+                              model_inputs.model_prompts(batch, self.data_config.prompt))
+    logits = output.logits[:, :, :, 0]
+    at_original = jnp.einsum("bhl,sbplm,bwm->sbphw", rows, logits, cols,
+                             precision=jax.lax.Precision.HIGHEST)
+    truth = jnp.broadcast_to(batch["original_mask"][None, :, None] > 0, at_original.shape)
+    valid_hw = jnp.broadcast_to(batch["original_size"][None, :, None], at_original.shape[:3]
+                                + (2,))
+    flat = lambda x: x.reshape((-1,) + x.shape[3:])
+    results = segmentation_metrics(flat(at_original), flat(truth), flat(valid_hw),
+                                   dilation_ratio=self.config.eval.dilation_ratio)
+    metrics = {name: getattr(results, name).reshape(at_original.shape[:3])
+               for name in MASK_METRICS}
+    return metrics, jax.nn.sigmoid(at_original), logits
+
+  def _matrices(self, batch):
+    low_res, size = self.model.spec.low_res_size, self.model.spec.image_size
+    protocol = self.data_config.resize
+    rows, cols = [], []
+    for input_size, original_size in zip(batch["input_size"], batch["original_size"]):
+      rows.append(postprocess_matrix(protocol, low_res, size, int(input_size[0]),
+                                     int(original_size[0]), self.canvas))
+      cols.append(postprocess_matrix(protocol, low_res, size, int(input_size[1]),
+                                     int(original_size[1]), self.canvas))
+    return np.stack(rows), np.stack(cols)
+
+  def prompt_label(self) -> str:
+    """The prompt kind the results are grouped by: the mode and any field set."""
+    fields = prompt_fields(self.config.data.eval.prompt)
+    mode = fields.pop("mode")
+    return mode + "".join(f",{k}={v}" for k, v in sorted(fields.items()))
+
+  def evaluate(self, variables, num_overlays: int = 0) -> dict[str, Any]:
+    """Runs the split: ImageRecords, pixel metrics (per category and pooled), counts."""
+    pipeline = make_pipeline(self.data_config)
+    dataset, prompt = self.data_config.dataset, self.prompt_label()
+    records = []
+    accumulators = collections.defaultdict(
+        lambda: anomaly_metrics.PixelScoreAccumulator(self.config.eval.score_bins))
+    done, total = 0, pipeline.num_local_examples
+    for batch in pipeline:
+      rows, cols = self._matrices(batch)
+      metrics, probabilities, logits = jax.device_get(
+          self._forward(variables, model_inputs.array_fields(batch), rows, cols))
+      for b in range(len(batch["image"])):
+        category = batch["category"][b].decode()
+        records += [self._record(batch, b, p, metrics, dataset, prompt)
+                    for p in np.flatnonzero(batch["prompt_valid"][b])]
+        if self.config.eval.anomaly_metrics:
+          height, width = (int(x) for x in batch["original_size"][b])
+          truth = batch["original_mask"][b, :height, :width] > 0
+          for s, step in enumerate(self.steps):
+            accumulators[category, step].add(probabilities[s, b, 0, :height, :width], truth)
+        if done + b < num_overlays:
+          self._save_overlay(batch, b, logits[:, b, 0], done + b)
+      done += len(batch["image"])
+      print(f"\reval {dataset}: {done}/{total} images", end="", flush=True)
+    print(flush=True)
+    return {"records": records,
+            "pixel": self._pixel_metrics(accumulators, dataset, prompt),
+            "normal_left_out": {(dataset, c): n
+                                for c, n in pipeline.normal_left_out.items()}}
+
+  def _pixel_metrics(self, accumulators, dataset, prompt):
+    """{(dataset, prompt, category or None): {step: {'auroc', 'aupro'}}}."""
+    pixel = collections.defaultdict(dict)
+    for step in self.steps:
+      pooled = anomaly_metrics.PixelScoreAccumulator(self.config.eval.score_bins)
+      for (category, of_step), accumulator in sorted(accumulators.items()):
+        if of_step == step:
+          pixel[dataset, prompt, category][step] = _pixel_row(accumulator)
+          pooled.merge(accumulator)
+      if accumulators:
+        pixel[dataset, prompt, None][step] = _pixel_row(pooled)
+    return dict(pixel)
+
+  def _record(self, batch, b, p, metrics, dataset, prompt) -> reports.ImageRecord:
+    return reports.ImageRecord(
+        dataset=dataset, category=batch["category"][b].decode(),
+        defect_type=batch["defect_type"][b].decode(),
+        image_path=batch["source_path"][b].decode(), prompt=prompt,
+        scores={step: {name: float(metrics[name][s, b, p]) for name in MASK_METRICS}
+                for s, step in enumerate(self.steps)})
+
+  def _save_overlay(self, batch, b, logits, index):
+    """Overlay on the model-input image (what the model saw) with every step's mask."""
+    height, width = (int(x) for x in batch["input_size"][b])
+    size = self.model.spec.image_size
+    masks = transforms.postprocess_masks(logits, size, (height, width), (height, width)) > 0
+    prompt = batch["point_labels"][b, 0] if "point_labels" in batch else None
+    directory = os.path.join(self.workdir, "overlays")
+    os.makedirs(directory, exist_ok=True)
+    overlays.save_overlay(
+        os.path.join(directory, f"{index:04d}_{batch['category'][b].decode()}.png"),
+        batch["image"][b, :height, :width], dict(zip(self.steps, masks)),
+        batch["mask"][b, :height, :width] > 0.5,
+        box=batch["boxes"][b, 0] if self.data_config.prompt.box else None,
+        points=batch["points"][b, 0] if prompt is not None else None, point_labels=prompt)
+
+  def run(self, variables, write_reports: bool = True) -> dict[str, Any]:
+    """Evaluates, writes results.json/csv/md and overlays, prints the table."""
+    evaluation = self.evaluate(variables, num_overlays=self.config.eval.num_overlays)
+    kwargs = dict(pixel=evaluation["pixel"], normal_left_out=evaluation["normal_left_out"],
+                  config=self.config.to_dict())
+    if write_reports and jax.process_index() == 0:
+      results = reports.write_results(self.workdir, evaluation["records"], **kwargs)
+      reports.print_table(results)
+      return results
+    return reports.summarize(evaluation["records"], **kwargs)
+
+  def metrics_at_step(self, variables, step: int) -> dict[str, float]:
+    """For periodic evaluation while training: flat means, also written to TensorBoard."""
+    evaluation = self.evaluate(variables)
+    flat = reports.flat_means(reports.summarize(evaluation["records"],
+                                                pixel=evaluation["pixel"]))
+    writer = MetricWriter(self.workdir, "eval")
+    writer.write(step, flat)
+    writer.close()
+    return flat
+
+
+def _pixel_row(accumulator) -> dict[str, float]:
+  return {"auroc": accumulator.auroc(), "aupro": accumulator.aupro()}

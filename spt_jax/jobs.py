@@ -1,0 +1,104 @@
+"""What `spt_jax.main` runs: config checks, then train / evaluate / predict.
+
+`check_config` runs every check that needs no compilation (data blocks, model base,
+prediction inputs), so a mistake is reported at once, not after minutes of compiling.
+"""
+
+import os
+
+import jax
+
+from spt_jax import config as config_lib
+from spt_jax.data import builders
+from spt_jax.errors import SptUserError
+from spt_jax.pretrained import load_spec
+from spt_jax.train.model_setup import setup_model, spec_for
+
+
+def _image_size(config) -> int:
+  if config.model.base and config.model.base != "embedded":
+    return load_spec(config.model.base)[0].image_size
+  return spec_for(config.model.type).image_size
+
+
+def _check_dataset_source(block_name: str, data) -> None:
+  """The data set's files or its built TFDS copy exist (synthetic is generated)."""
+  if data.dataset == "synthetic":
+    return
+  if data.manual_dir:
+    if not os.path.isdir(os.path.expanduser(data.manual_dir)):
+      raise SptUserError(f"data.{block_name}.manual_dir {data.manual_dir}: no such folder "
+                         f"(expected the extracted {data.dataset} data set)")
+    return
+  folder = data.dataset_options if data.dataset == builders.FolderDataset.name else None
+  try:
+    builders.load(data.dataset, data.data_dir, folder)
+  except SptUserError as error:
+    raise SptUserError(f"data.{block_name}: give manual_dir (the extracted {data.dataset} "
+                       f"folder) or a data_dir where it is built; {error}") from None
+
+
+def check_config(config, mode: str) -> None:
+  """Raises SptUserError naming the first inconsistent field; compiles nothing."""
+  if mode not in config_lib.MODES:
+    raise SptUserError(f"mode {mode!r}: expected one of {config_lib.MODES}")
+  if not config.model.base and config.model.type != "tiny":
+    raise SptUserError(
+        f"model.base is empty: a {config.model.type} model needs Meta's weights; convert "
+        "them with `python -m weights_conversion.convert_sam` and pass "
+        "--config.model.base=<output dir>")
+  image_size = _image_size(config)
+  if mode in ("train_and_eval", "train"):
+    train_data = config_lib.to_data_config(config.data.train, image_size,
+                                           num_epochs=None).check()
+    _check_dataset_source("train", train_data)
+  if mode in ("train_and_eval", "eval"):
+    eval_data = config_lib.to_data_config(config.data.eval, image_size, num_epochs=1).check()
+    _check_dataset_source("eval", eval_data)
+    if not eval_data.original_canvas:
+      raise SptUserError("data.eval.original_canvas must be set: metrics are computed at "
+                         "each image's original resolution inside a canvas of that side "
+                         "(at least the largest image side of the data set)")
+  if mode == "predict":
+    for field in ("images_dir", "prompts_file"):
+      if not config.predict[field]:
+        raise SptUserError(f"--mode=predict needs predict.{field}")
+    if not os.path.isdir(config.predict.images_dir):
+      raise SptUserError(f"predict.images_dir {config.predict.images_dir}: no such folder")
+    if not os.path.isfile(config.predict.prompts_file):
+      raise SptUserError(f"predict.prompts_file {config.predict.prompts_file}: no such file")
+
+
+def run(config, workdir: str, mode: str) -> None:
+  """Runs `mode` in `workdir` (see spt_jax.main)."""
+  # pylint: disable=g-import-not-at-top
+  from spt_jax.evaluate.evaluator import Evaluator
+  from spt_jax.predict_folder import predict_folder
+  from spt_jax.train import checkpoints
+  from spt_jax.train.loop import train
+  from spt_jax.train.trainable import merge, partition
+  # pylint: enable=g-import-not-at-top
+  setup = setup_model(config, jax.random.PRNGKey(config.train.seed))
+  evaluator = Evaluator(config, setup.model, workdir) if mode in ("train_and_eval",
+                                                                  "eval") else None
+  if mode in ("train_and_eval", "train"):
+    variables = train(config, workdir, setup,
+                      evaluate=evaluator.metrics_at_step if evaluator else None).variables
+  else:
+    variables = setup.variables
+    restored = checkpoints.restore_trainable(workdir, config.eval.checkpoint)
+    if restored is not None:
+      trained, meta = restored
+      if meta["base"]["sha256"] != setup.base["sha256"]:
+        raise SptUserError(f"{workdir} was trained on base {meta['base']['path']}, not "
+                           f"on model.base {setup.base['path']}")
+      variables = merge(trained, partition(setup.variables, config.trainable)[1])
+      print(f"using the {config.eval.checkpoint} checkpoint of {workdir}", flush=True)
+    else:
+      print(f"no checkpoint in {workdir}: using the base weights with fresh adapters",
+            flush=True)
+  if evaluator is not None:
+    evaluator.run(variables, write_reports=True)
+  if mode == "predict":
+    predict_folder(config, setup.model, variables,
+                   config.predict.output_dir or os.path.join(workdir, "predictions"))

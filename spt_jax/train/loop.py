@@ -1,0 +1,110 @@
+"""The training loop: data, jit-compiled step, logging, periodic evaluation, checkpoints.
+
+A run resumed from its workdir continues exactly where it stopped: the step, the
+trainable leaves, the optimizer state, the RNG and the data iterator are restored, so
+the following batches and the final parameters equal those of an uninterrupted run.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+
+from spt_jax import model_inputs
+from spt_jax.config import to_data_config
+from spt_jax.data.pipeline import make_pipeline
+from spt_jax.errors import SptUserError
+from spt_jax.spt.losses import LossSpec
+from spt_jax.train import checkpoints as checkpoints_lib
+from spt_jax.train import step as step_lib
+from spt_jax.train.metric_writer import MetricWriter, Progress, format_duration
+from spt_jax.train.model_setup import ModelSetup
+from spt_jax.train.optimizer import OptimizerSpec, learning_rate_schedule, make_optimizer
+from spt_jax.train.trainable import merge, partition
+
+# evaluate(variables, step) -> flat metrics {name: value}
+EvaluateFn = Callable[[dict, int], dict[str, float]]
+
+
+def optimizer_spec(config, steps_per_epoch: int) -> OptimizerSpec:
+  """OptimizerSpec with decay_epochs turned into decay_steps (explicit steps win)."""
+  fields = config.optimizer.to_dict()
+  decay_epochs = fields.pop("decay_epochs")
+  if not fields["decay_steps"]:
+    fields["decay_steps"] = tuple(int(e * steps_per_epoch) for e in decay_epochs)
+  return OptimizerSpec(**{**fields, "decay_steps": tuple(fields["decay_steps"])})
+
+
+@dataclasses.dataclass
+class TrainResult:
+  variables: dict[str, Any]
+  steps: int
+  last_metrics: dict[str, float]
+
+
+def train(config, workdir: str, setup: ModelSetup,
+          evaluate: Optional[EvaluateFn] = None) -> TrainResult:
+  """Trains `setup.model`'s trainable variables; returns the final variables."""
+  image_size = setup.model.spec.image_size
+  pipeline = make_pipeline(to_data_config(config.data.train, image_size, num_epochs=None))
+  batch_size = pipeline.config.batch_size
+  steps_per_epoch = max(1, pipeline.num_local_examples // batch_size)
+  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  if total_steps < 1:
+    raise SptUserError("train.num_steps and train.num_epochs give no step to run")
+  opt_spec = optimizer_spec(config, steps_per_epoch)
+  optimizer = make_optimizer(opt_spec)
+  learning_rate = learning_rate_schedule(opt_spec)
+  trainable, frozen = partition(setup.variables, config.trainable)
+  state = step_lib.init_train_state(trainable, optimizer,
+                                    jax.random.PRNGKey(config.train.seed))
+  iterator = iter(pipeline)
+  checkpoints = checkpoints_lib.TrainCheckpoints(
+      workdir, config.train.keep_checkpoints, config.train.best_metric,
+      meta={"base": setup.base, "config": config.to_json()})
+  restored = checkpoints.restore_latest(state, iterator)
+  state = restored if restored is not None else state
+  start = int(state.step)
+  loss_spec = LossSpec(**{**config.loss.to_dict(),
+                          "step_weights": tuple(config.loss.step_weights)})
+  train_step = jax.jit(step_lib.make_train_step(setup.model, optimizer, loss_spec,
+                                                pipeline.config.prompt),
+                       donate_argnums=(0,))
+  logging.info("training %d steps (%d per epoch, batch %d, %d trainable values) from "
+               "step %d", total_steps, steps_per_epoch, batch_size,
+               sum(x.size for x in jax.tree_util.tree_leaves(trainable)), start)
+  writer = MetricWriter(workdir, "train")
+  progress = Progress(total_steps, batch_size * jax.process_count())
+  metrics: dict[str, float] = {}
+  try:
+    for step in range(start + 1, total_steps + 1):
+      state, step_metrics = train_step(state, frozen,
+                                       model_inputs.array_fields(next(iterator)))
+      if step % config.train.log_every_steps == 0 or step in (start + 1, total_steps):
+        metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        metrics.update(progress.report(step), learning_rate=float(learning_rate(step - 1)))
+        writer.write(step, metrics)
+        _log_progress(step, total_steps, metrics)
+      if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+        checkpoints.save(state, iterator)
+      if evaluate and config.train.eval_every_steps and (
+          step % config.train.eval_every_steps == 0 or step == total_steps):
+        eval_metrics = evaluate(merge(state.trainable, frozen), step)
+        checkpoints.save_best(state, iterator, eval_metrics)
+    checkpoints.wait()
+  finally:
+    writer.close()
+    checkpoints.close()
+  return TrainResult(merge(state.trainable, frozen), total_steps, metrics)
+
+
+def _log_progress(step, total, metrics):
+  if jax.process_index() != 0:
+    return
+  parts = [f"step {step}/{total}", f"loss {metrics['loss']:.4f}",
+           f"lr {metrics['learning_rate']:.2e}"]
+  if "examples_per_second" in metrics:
+    parts += [f"{metrics['examples_per_second']:.2f} img/s",
+              f"ETA {format_duration(metrics['eta_seconds'])}"]
+  print(" | ".join(parts), flush=True)
