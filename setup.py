@@ -30,6 +30,7 @@ setuptools.setup(
         "Pillow>=11",
         "scipy>=1.13",
         "safetensors>=0.4",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": ["pytest>=8"],
