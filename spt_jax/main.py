@@ -9,6 +9,8 @@ config, flags or inputs stop the job before anything compiles, with one line nam
 the field or file (exit code 2).
 """
 
+import difflib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -17,17 +19,25 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from configs import CONFIG_DIR
 from spt_jax import config as config_lib
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
+# No default here: config_flags would load it and apply --config.* overrides while this
+# module is imported, before errors can be reported cleanly; see _with_default_config.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(CONFIG_DIR, "default.py"), "Config file (configs/*.py[:variant]).",
+    "config", None, "Config file, configs/*.py[:variant] (default: configs/default.py).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Output directory (default: a new temp dir).")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", config_lib.MODES, "What to run.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join("~", ".cache", "spt_jax", "xla"),
+    "Persistent XLA compilation cache (a resumed or repeated run skips compiling); "
+    "'' disables it.")
 
 
 def _fail(message: str):
@@ -35,11 +45,49 @@ def _fail(message: str):
   sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def _with_default_config(argv):
+  given = any(a == "--config" or a.startswith("--config=") for a in argv[1:])
+  return argv if given else argv[:1] + [f"--config={DEFAULT_CONFIG}"] + argv[1:]
+
+
+def _load_config_file(spec: str):
+  """get_config(variant) of 'path.py[:variant]'."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise SptUserError(f"--config={spec}: no such config file {path}")
+  module_spec = importlib.util.spec_from_file_location("spt_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def _check_config_flags(argv) -> None:
+  """The config file loads and every --config.a.b=... names an existing field."""
+  specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  if not specs:
+    raise SptUserError("use --config=<file.py[:variant]> (with '=')")
+  config = _load_config_file(specs[-1])
+  overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  for override in overrides:
+    node = config
+    for depth, part in enumerate(override.split(".")[1:]):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        parent = ".".join(override.split(".")[:depth + 1])
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, known, n=1)
+        hint = f" (did you mean {parent}.{close[0]}?)" if close else ""
+        raise SptUserError(f"--{override}: {parent} has no field {part!r}{hint}; its fields "
+                           f"are {known}")
+      node = node[part]
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors (unknown config fields included)."""
+  argv = _with_default_config(argv)
   try:
+    _check_config_flags(argv)
     return flags.FLAGS(argv)
-  except flags.Error as error:
+  except (flags.Error, AttributeError, KeyError) as error:
     _fail(f"{error} (see --helpfull; config fields are listed in spt_jax/config.py)")
   except SptUserError as error:
     _fail(str(error))
@@ -60,6 +108,9 @@ def main(argv) -> None:
   if jax.process_index() == 0:
     print(f"workdir: {workdir}", flush=True)
   logging.set_verbosity(logging.INFO)
+  if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(_COMPILATION_CACHE.value))
   try:
     _run(_CONFIG.value, workdir, _MODE.value)
   except SptUserError as error:

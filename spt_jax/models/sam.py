@@ -103,4 +103,5 @@ def init_variables(model: Sam, rng: jax.Array) -> dict:
   """All variables of `model` ({'params': ..., 'adapters': ... if any})."""
   size = model.spec.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
-  return model.init({"params": rng}, images, method=Sam.touch_all_parameters)
+  init = lambda key: model.init({"params": key}, images, method=type(model).touch_all_parameters)
+  return jax.jit(init)(rng)
