@@ -17,7 +17,7 @@ import argparse
 import hashlib
 import sys
 
-from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
+from spt_jax.errors import SptUserError, exit_code
 from spt_jax.models.config import PRESETS
 from spt_jax.models.sam import Sam, init_variables
 from spt_jax.pretrained import save_pretrained
@@ -110,13 +110,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    convert(args.checkpoint, args.output, args.model_type, args.base, args.lora_alpha,
-            args.vra_block, args.vra_alpha)
-  except SptUserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return USER_ERROR_EXIT_CODE
-  return 0
+  return exit_code(convert, args.checkpoint, args.output, args.model_type, args.base,
+                   args.lora_alpha, args.vra_block, args.vra_alpha)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
+from spt_jax.errors import SptUserError, exit_code
 from spt_jax.pretrained import load_pretrained
 from weights_conversion.mapping import variables_to_state_dict
 from weights_conversion.spt_layout import SPT_LAYOUT
@@ -58,12 +58,7 @@ def main(argv=None) -> int:
   parser.add_argument("--adapters-only", action="store_true",
                       help="only the LoRA and gamma tensors")
   args = parser.parse_args(argv)
-  try:
-    export(args.checkpoint, args.output, args.adapters_only)
-  except SptUserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return USER_ERROR_EXIT_CODE
-  return 0
+  return exit_code(export, args.checkpoint, args.output, args.adapters_only)
 
 
 if __name__ == "__main__":
