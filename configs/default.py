@@ -1,10 +1,12 @@
-r"""The embedded default: SPT on the generated anomaly set, a small model, a laptop CPU.
+r"""The embedded default: SPT on the generated anomaly set, the small pretrained SAM, a CPU.
 
     python -m spt_jax.main                       # this config, a temporary workdir
-    python -m spt_jax.main --config=configs/default.py --workdir=runs/default
+    python -m spt_jax.main --config=configs/default.py:lora --workdir=runs/lora
 
-Trains on the defect images of some generated categories and evaluates on the held-out
-ones. Variants: `:quick` (a few steps, for smoke tests).
+Fine-tunes on the defect images of six generated categories and evaluates on three
+held-out ones, first SAM as it is (zero-shot), then after training. The variant is a
+comma-separated list: a method of spt_jax.config.METHODS (spt by default: zero_shot,
+decoder, lora, adapter, vpt, sdt, vra, spt) and/or 'quick' (a few steps, for tests).
 """
 
 from spt_jax import config as config_lib
@@ -34,10 +36,16 @@ def get_config(arg: str = ""):
   config.train.log_every_steps = 10
   config.train.checkpoint_every_steps = 50
   config.eval.num_overlays = 8
-  if arg == "quick":
-    config.train.num_steps = 4
-    config.train.log_every_steps = 1
-    config.eval.num_overlays = 2
-  elif arg:
-    raise SptUserError(f"configs/default.py: unknown variant {arg!r}; expected '' or 'quick'")
+  config.eval.zero_shot_first = True
+  for part in filter(None, arg.split(",")):
+    if part == "quick":
+      config.train.num_steps = 4
+      config.train.log_every_steps = 1
+      config.eval.num_overlays = 2
+      config.eval.zero_shot_first = False
+    elif part in config_lib.METHODS:
+      config_lib.apply_method(config, part)
+    else:
+      raise SptUserError(f"configs/default.py: unknown variant {part!r}; expected 'quick' "
+                         f"and/or one of {sorted(config_lib.METHODS)}")
   return config_lib.lock(config)

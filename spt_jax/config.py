@@ -12,7 +12,10 @@ Fields:
   model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
   model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
   model.relation_impl, dtype, remat, query_chunk: see spt_jax.spt.model / models.sam.
-  trainable          regexes on 'collection/module/.../leaf' paths that train.
+  method             a key of METHODS (set by `apply_method`): the adapters, decoder
+                     steps and trainable rules of SPT or a baseline.
+  trainable          regexes on 'collection/module/.../leaf' paths that train (empty:
+                     nothing trains, e.g. zero-shot SAM).
   data.train, data.eval   spt_jax.data.pipeline.DataConfig fields (image_size comes
                      from the model spec; eval uses original_canvas for full-res metrics).
   loss               spt_jax.spt.losses.LossSpec fields.
@@ -21,21 +24,40 @@ Fields:
   train              num_epochs or num_steps (steps win when > 0), log/eval/checkpoint
                      periods in steps, checkpoints kept, seed.
   eval               metrics options, overlays; which checkpoint of the
-                     workdir --mode=eval uses ('latest' or 'best').
+                     workdir --mode=eval uses ('latest' or 'best'); zero_shot_first
+                     evaluates SAM as it is before training, for the comparison.
   predict            images_dir, prompts_file, output_dir for --mode=predict.
 """
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
+from spt_jax.data.pipeline import DataConfig
 from spt_jax.data.prompts import PromptConfig
+from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train.optimizer import OptimizerSpec
 from spt_jax.train.trainable import SPT_TRAINABLE
 
 MODES = ("train_and_eval", "train", "eval", "predict")
+
+# The paper's comparison: what each method adds to SAM and what trains. A new PEFT
+# method is an adapter module (spt_jax/models) plus an entry here.
+DECODER_TRAINABLE = (r"params/decoders/.*",)
+METHODS = {
+    "zero_shot": dict(adapters={}, sdt_steps=1, trainable=()),  # SAM as it is
+    "decoder": dict(adapters={}, sdt_steps=1, trainable=DECODER_TRAINABLE),
+    "lora": dict(adapters=dict(lora_rank=8), sdt_steps=1, trainable=SPT_TRAINABLE),
+    "adapter": dict(adapters=dict(mlp_adapter_dim=32), sdt_steps=1, trainable=SPT_TRAINABLE),
+    "vpt": dict(adapters=dict(vpt_tokens=8), sdt_steps=1, trainable=SPT_TRAINABLE),
+    "sdt": dict(adapters=dict(lora_rank=8), sdt_steps=2, trainable=SPT_TRAINABLE),
+    "vra": dict(adapters=dict(lora_rank=8, vra=True), sdt_steps=1, trainable=SPT_TRAINABLE),
+    "spt": dict(adapters=dict(lora_rank=8, vra=True), sdt_steps=2, trainable=SPT_TRAINABLE),
+}
 
 
 def _from_dataclass(instance, **overrides) -> ml_collections.ConfigDict:
@@ -70,6 +92,7 @@ def data_defaults(**overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (SPT on ViT-B at 1024, the paper's recipe)."""
   config = ml_collections.ConfigDict()
+  config.method = "spt"
   config.model = ml_collections.ConfigDict(dict(
       base="", type="vit_b",
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
@@ -85,9 +108,21 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every_steps=100, keep_checkpoints=3, best_metric="final_iou", seed=0))
   config.eval = ml_collections.ConfigDict(dict(
       dilation_ratio=0.02, anomaly_metrics=True, score_bins=2 ** 18,
-      num_overlays=8, checkpoint="latest"))
+      num_overlays=8, checkpoint="latest", zero_shot_first=False))
   config.predict = ml_collections.ConfigDict(dict(
       images_dir="", prompts_file="", output_dir=""))
+  return config
+
+
+def apply_method(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets the adapters, decoder steps and trainable rules of METHODS[name]."""
+  if name not in METHODS:
+      raise SptUserError(f"method {name!r}: expected one of {sorted(METHODS)}")
+  method = METHODS[name]
+  config.method = name
+  config.model.adapters = _from_dataclass(AdapterSpec(**method["adapters"]))
+  config.model.sdt_steps = method["sdt_steps"]
+  config.trainable = method["trainable"]
   return config
 
 
@@ -99,7 +134,6 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def to_data_config(block: ml_collections.ConfigDict, image_size: int, num_epochs):
   """A DataConfig from a data block: '' and 0 mean unset, image size from the model."""
-  from spt_jax.data.pipeline import DataConfig  # pylint: disable=g-import-not-at-top
   fields = block.to_dict()
   fields["prompt"] = prompt_fields(block.prompt)
   for key in ("manual_dir", "data_dir"):
@@ -122,7 +156,6 @@ def benchmark_config(dataset: str, arg: str, train_dataset: str) -> ml_collectio
   --config.model.base=converted/sam_vit_b --config.data.eval.manual_dir=/data/visa
   --config.data.train.manual_dir=/data/mvtec_ad.
   """
-  from spt_jax.errors import SptUserError  # pylint: disable=g-import-not-at-top
   variant = arg or "vit_b"
   if variant not in MODEL_VARIANTS:
     raise SptUserError(f"config variant {arg!r}: expected one of {MODEL_VARIANTS}")
@@ -133,3 +166,14 @@ def benchmark_config(dataset: str, arg: str, train_dataset: str) -> ml_collectio
   config.data.eval.original_canvas = CANVAS[dataset]
   config.eval.num_overlays = 16
   return lock(config)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config(variant) of a config file given as 'path.py[:variant]'."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise SptUserError(f"--config={spec}: no such config file {path}")
+  module_spec = importlib.util.spec_from_file_location("spt_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()

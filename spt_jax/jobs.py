@@ -12,7 +12,7 @@ from spt_jax import config as config_lib
 from spt_jax.data import builders
 from spt_jax.errors import SptUserError
 from spt_jax.pretrained import load_spec
-from spt_jax.train.model_setup import setup_model, spec_for
+from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
 
 
 def _image_size(config) -> int:
@@ -72,33 +72,53 @@ def check_config(config, mode: str) -> None:
 def run(config, workdir: str, mode: str) -> None:
   """Runs `mode` in `workdir` (see spt_jax.main)."""
   # pylint: disable=g-import-not-at-top
+  from spt_jax.evaluate import reports
   from spt_jax.evaluate.evaluator import Evaluator
   from spt_jax.predict_folder import predict_folder
-  from spt_jax.train import checkpoints
   from spt_jax.train.loop import train
-  from spt_jax.train.trainable import merge, partition
   # pylint: enable=g-import-not-at-top
   setup = setup_model(config, jax.random.PRNGKey(config.train.seed))
-  evaluator = Evaluator(config, setup.model, workdir) if mode in ("train_and_eval",
-                                                                  "eval") else None
-  if mode in ("train_and_eval", "train"):
+  evaluates = mode in ("train_and_eval", "eval")
+  zero_shot = None
+  if evaluates and config.eval.zero_shot_first:
+    print("evaluating SAM as it is (zero-shot) on the evaluation data", flush=True)
+    baseline = zero_shot_setup(setup, config)
+    zero_shot = Evaluator(config, baseline.model, os.path.join(workdir, "zero_shot")).run(
+        baseline.variables)
+  evaluator = Evaluator(config, setup.model, workdir) if evaluates else None
+  if mode in ("train_and_eval", "train") and config.trainable:
     variables = train(config, workdir, setup,
                       evaluate=evaluator.metrics_at_step if evaluator else None).variables
-  else:
+  elif mode in ("train_and_eval", "train"):
+    print(f"method {config.method}: nothing trains", flush=True)
     variables = setup.variables
-    restored = checkpoints.restore_trainable(workdir, config.eval.checkpoint)
-    if restored is not None:
-      trained, meta = restored
-      if meta["base"]["sha256"] != setup.base["sha256"]:
-        raise SptUserError(f"{workdir} was trained on base {meta['base']['path']}, not "
-                           f"on model.base {setup.base['path']}")
-      variables = merge(trained, partition(setup.variables, config.trainable)[1])
-      print(f"using the {config.eval.checkpoint} checkpoint of {workdir}", flush=True)
-    else:
-      print(f"no checkpoint in {workdir}: using the base weights with fresh adapters",
-            flush=True)
+  else:
+    variables = _trained_variables(config, workdir, setup)
   if evaluator is not None:
-    evaluator.run(variables, write_reports=True)
+    results = evaluator.run(variables, write_reports=True)
+    if zero_shot is not None and jax.process_index() == 0:
+      print("\nzero-shot SAM vs " + config.method + ":", flush=True)
+      print(reports.comparison_table({"zero-shot SAM": zero_shot, config.method: results}),
+            flush=True)
   if mode == "predict":
     predict_folder(config, setup.model, variables,
                    config.predict.output_dir or os.path.join(workdir, "predictions"))
+
+
+def _trained_variables(config, workdir, setup):
+  """The workdir's trained leaves over the base, or the base with fresh adapters."""
+  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import checkpoints
+  from spt_jax.train.trainable import merge, partition
+  # pylint: enable=g-import-not-at-top
+  restored = checkpoints.restore_trainable(workdir, config.eval.checkpoint)
+  if restored is None:
+    print(f"no checkpoint in {workdir}: using the base weights with fresh adapters",
+          flush=True)
+    return setup.variables
+  trained, meta = restored
+  if meta["base"]["sha256"] != setup.base["sha256"]:
+    raise SptUserError(f"{workdir} was trained on base {meta['base']['path']}, not on "
+                       f"model.base {setup.base['path']}")
+  print(f"using the {config.eval.checkpoint} checkpoint of {workdir}", flush=True)
+  return merge(trained, partition(setup.variables, config.trainable)[1])

@@ -10,7 +10,6 @@ the field or file (exit code 2).
 """
 
 import difflib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -50,23 +49,12 @@ def _with_default_config(argv):
   return argv if given else argv[:1] + [f"--config={DEFAULT_CONFIG}"] + argv[1:]
 
 
-def _load_config_file(spec: str):
-  """get_config(variant) of 'path.py[:variant]'."""
-  path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise SptUserError(f"--config={spec}: no such config file {path}")
-  module_spec = importlib.util.spec_from_file_location("spt_config_file", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
-
-
 def _check_config_flags(argv) -> None:
   """The config file loads and every --config.a.b=... names an existing field."""
   specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
   if not specs:
     raise SptUserError("use --config=<file.py[:variant]> (with '=')")
-  config = _load_config_file(specs[-1])
+  config = config_lib.load_config_file(specs[-1])
   overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
   for override in overrides:
     node = config

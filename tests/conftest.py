@@ -2,4 +2,17 @@
 
 Reference tests import `meta_reference` (this directory is on sys.path through this
 conftest), which puts the test-only torchvision shim in place for Meta's code.
+
+The tests compile many small programs, several of them more than once (the same model
+initialised in different tests); a session-wide persistent compilation cache compiles
+each distinct program once.
 """
+
+import jax
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  yield

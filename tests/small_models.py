@@ -14,3 +14,11 @@ TINY_SPEC = SamSpec(
                         window_size=3, global_attn_indexes=(1,), out_chans=32),
     prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=32, decoder_num_heads=2,
     iou_head_hidden_dim=32)
+
+# The smallest model that still has windowed and global blocks and a two-way block:
+# for tests that compile many variants.
+MICRO_SPEC = SamSpec(
+    encoder=EncoderSpec(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                        window_size=3, global_attn_indexes=(1,), out_chans=16),
+    prompt_embed_dim=16, mask_in_chans=8, decoder_depth=1, decoder_mlp_dim=16,
+    decoder_num_heads=2, iou_head_hidden_dim=16)

@@ -21,7 +21,7 @@ CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
 
 def variants(path):
   if path.endswith("default.py"):
-    return ["", "quick"]
+    return ["", "quick"] + [f"{m},quick" for m in config_lib.METHODS]
   return ["", "vit_b", "vit_l", "vit_h"]
 
 

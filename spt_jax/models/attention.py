@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _attend_rows(q_rows, k, v, table_rows_h, table_w, scale):
+def _attend_rows(q_rows, k, v, table_rows_h, table_w, scale, extra_kv):
   """Attention of a block of query grid rows against all keys.
 
   Args:
@@ -18,6 +18,8 @@ def _attend_rows(q_rows, k, v, table_rows_h, table_w, scale):
     table_rows_h: (r, h, C) vertical rel-pos table rows of these queries.
     table_w: (w, w, C) horizontal rel-pos table.
     scale: C ** -0.5.
+    extra_kv: None or (k, v) each (T, H, C): keys/values every query also attends to,
+      without position bias (visual prompt tokens).
 
   Returns:
     (B, r, w, H, C).
@@ -30,13 +32,19 @@ def _attend_rows(q_rows, k, v, table_rows_h, table_w, scale):
   scores = scores.reshape(batch, heads, rows, width, height, width)
   scores = scores + bias_h[..., :, None] + bias_w[..., None, :]
   scores = scores.reshape(batch, heads, rows, width, height * width)
+  if extra_kv is not None:
+    extra_scores = jnp.einsum("byxnc,tnc->bnyxt", q_rows * scale, extra_kv[0])
+    scores = jnp.concatenate([scores, extra_scores], axis=-1)
   probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("bnyxk,bknc->byxnc", probs, v)
+  out = jnp.einsum("bnyxk,bknc->byxnc", probs[..., :height * width], v)
+  if extra_kv is not None:
+    out = out + jnp.einsum("bnyxt,tnc->byxnc", probs[..., height * width:], extra_kv[1])
+  return out
 
 
 def grid_attention_with_rel_pos(q: jax.Array, k: jax.Array, v: jax.Array,
                                 table_h: jax.Array, table_w: jax.Array, *,
-                                query_chunk: int) -> jax.Array:
+                                query_chunk: int, extra_kv=None) -> jax.Array:
   """softmax(q k^T / sqrt(C) + rel_h + rel_w) v over an (h, w) token grid.
 
   rel_h[(y, x), (y', x')] = q[y, x] . table_h[y, y'] and likewise rel_w with x, x'
@@ -48,6 +56,7 @@ def grid_attention_with_rel_pos(q: jax.Array, k: jax.Array, v: jax.Array,
     query_chunk: about how many query tokens to process at once (rounded to whole
       grid rows; the grid is processed at once when it is not larger or rows do not
       divide evenly).
+    extra_kv: None or (k, v) each (T, H, C), see `_attend_rows`.
 
   Returns:
     (B, h, w, H, C).
@@ -58,10 +67,11 @@ def grid_attention_with_rel_pos(q: jax.Array, k: jax.Array, v: jax.Array,
   v = v.reshape(batch, height * width, heads, channels)
   rows = max(1, query_chunk // width)
   if rows >= height or height % rows:
-    return _attend_rows(q, k, v, table_h, table_w, scale)
+    return _attend_rows(q, k, v, table_h, table_w, scale, extra_kv)
   num_chunks = height // rows
   q_chunks = q.reshape(batch, num_chunks, rows, width, heads, channels).swapaxes(0, 1)
   table_chunks = table_h.reshape(num_chunks, rows, height, channels)
-  out = jax.lax.map(lambda args: _attend_rows(args[0], k, v, args[1], table_w, scale),
-                    (q_chunks, table_chunks))
+  out = jax.lax.map(
+      lambda args: _attend_rows(args[0], k, v, args[1], table_w, scale, extra_kv),
+      (q_chunks, table_chunks))
   return out.swapaxes(0, 1).reshape(batch, height, width, heads, channels)

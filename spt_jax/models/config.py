@@ -136,6 +136,10 @@ class AdapterSpec:
   vra_block: -1 for every two-way block, else the 1-based block index (authors'
     `vatt_pos`).
   vra_alpha: relation sparsification threshold (0 = dense softmax).
+  mlp_adapter_dim: width of a parallel bottleneck adapter beside every encoder block's
+    MLP (AdaptFormer-style; 0 = none), scaled by mlp_adapter_scale.
+  vpt_tokens: learned prompt tokens per encoder block (deep visual prompt tuning, as
+    extra keys/values of every window's and the global attention; 0 = none).
   """
   lora_rank: int = 0
   lora_alpha: float = 1.0
@@ -144,6 +148,9 @@ class AdapterSpec:
   vra: bool = False
   vra_block: int = -1
   vra_alpha: float = 0.0
+  mlp_adapter_dim: int = 0
+  mlp_adapter_scale: float = 0.1
+  vpt_tokens: int = 0
 
   @property
   def lora_scaling(self) -> float:

@@ -15,7 +15,8 @@ import numpy as np
 
 from spt_jax.models import attention
 from spt_jax.models.config import AdapterSpec, EncoderSpec, NO_ADAPTERS
-from spt_jax.models.layers import Dense, MLPBlock, exact_gelu, layer_norm
+from spt_jax.models.layers import (ADAPTERS, Dense, MLPBlock, ParallelAdapter, exact_gelu,
+                                   layer_norm)
 from spt_jax.ops.resize import linear_resize_matrix
 
 ENCODER_LN_EPS = 1e-6
@@ -67,12 +68,15 @@ class EncoderAttention(nn.Module):
     num_heads: heads H.
     rel_pos_grid: (h, w) the rel-pos parameters are sized for (2h - 1, 2w - 1 rows).
     query_chunk: queries processed per step of the global attention (memory bound).
+    vpt_tokens: learned prompt tokens (ADAPTERS) projected by qkv and attended to as
+      extra keys/values by every query, without position bias (0 = none).
   """
   num_heads: int
   rel_pos_grid: tuple[int, int]
   query_chunk: int
   lora_rank: int = 0
   lora_scaling: float = 0.0
+  vpt_tokens: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -80,9 +84,9 @@ class EncoderAttention(nn.Module):
     """x: (B, h, w, D) -> (B, h, w, D)."""
     batch, height, width, dim = x.shape
     head_dim = dim // self.num_heads
-    qkv = Dense(3 * dim, lora_rank=self.lora_rank, lora_scaling=self.lora_scaling,
-                num_slots=3, lora_slots=(0, 2), dtype=self.dtype, name="qkv")(x)
-    qkv = qkv.reshape(batch, height, width, 3, self.num_heads, head_dim)
+    qkv_layer = Dense(3 * dim, lora_rank=self.lora_rank, lora_scaling=self.lora_scaling,
+                      num_slots=3, lora_slots=(0, 2), dtype=self.dtype, name="qkv")
+    qkv = qkv_layer(x).reshape(batch, height, width, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
     rel_pos_h = self.param("rel_pos_h", nn.initializers.zeros,
                            (2 * self.rel_pos_grid[0] - 1, head_dim), jnp.float32)
@@ -90,8 +94,15 @@ class EncoderAttention(nn.Module):
                            (2 * self.rel_pos_grid[1] - 1, head_dim), jnp.float32)
     table_h = relative_position_table(rel_pos_h, height, height).astype(self.dtype)
     table_w = relative_position_table(rel_pos_w, width, width).astype(self.dtype)
+    extra_kv = None
+    if self.vpt_tokens:
+      tokens = self.variable(ADAPTERS, "vpt_tokens", lambda: 0.02 * jax.random.normal(
+          self.make_rng("params"), (self.vpt_tokens, dim)))
+      extra = qkv_layer(tokens.value).reshape(self.vpt_tokens, 3, self.num_heads, head_dim)
+      extra_kv = (extra[:, 1], extra[:, 2])
     out = attention.grid_attention_with_rel_pos(q, k, v, table_h, table_w,
-                                                query_chunk=self.query_chunk)
+                                                query_chunk=self.query_chunk,
+                                                extra_kv=extra_kv)
     return Dense(dim, dtype=self.dtype, name="proj")(out.reshape(batch, height, width, dim))
 
 
@@ -115,14 +126,21 @@ class EncoderBlock(nn.Module):
                     else (self.spec.grid_size, self.spec.grid_size))
     x = EncoderAttention(self.spec.num_heads, rel_pos_grid, self.query_chunk,
                          lora_rank=self.adapters.encoder_lora_rank(),
-                         lora_scaling=self.adapters.lora_scaling, dtype=self.dtype,
+                         lora_scaling=self.adapters.lora_scaling,
+                         vpt_tokens=self.adapters.vpt_tokens, dtype=self.dtype,
                          name="attn")(x)
     if self.window:
       x = window_unpartition(x, self.window, padded_hw, (height, width))
     x = shortcut + x
     mlp = MLPBlock(int(self.spec.embed_dim * self.spec.mlp_ratio), exact_gelu,
                    dtype=self.dtype, name="mlp")
-    return x + mlp(layer_norm(ENCODER_LN_EPS, self.dtype, name="norm2")(x))
+    normed = layer_norm(ENCODER_LN_EPS, self.dtype, name="norm2")(x)
+    out = x + mlp(normed)
+    if self.adapters.mlp_adapter_dim:
+      out = out + ParallelAdapter(self.adapters.mlp_adapter_dim,
+                                  self.adapters.mlp_adapter_scale, self.dtype,
+                                  name="mlp_adapter")(normed)
+    return out
 
 
 class PatchEmbed(nn.Module):

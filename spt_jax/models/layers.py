@@ -50,6 +50,9 @@ class Dense(nn.Module):
     lora_scaling: alpha / r.
     num_slots: S, equal parts of the output.
     lora_slots: which of the S slots get a LoRA delta (G of them).
+    collection: where kernel and bias live ('params', or ADAPTERS for a trainable
+      layer of an adapter).
+    kernel_init: initializer of the kernel.
     dtype: compute dtype; parameters are float32.
 
   Variables: params/kernel (I, F), params/bias (F,); adapters/lora_a (G, I, r),
@@ -61,18 +64,24 @@ class Dense(nn.Module):
   lora_scaling: float = 0.0
   num_slots: int = 1
   lora_slots: Sequence[int] = (0,)
+  collection: str = "params"
+  kernel_init: Callable = nn.initializers.lecun_normal()
   dtype: Dtype = jnp.float32
+
+  def _weight(self, name, init, shape):
+    if self.collection == "params":
+      return self.param(name, init, shape, jnp.float32)
+    return self.variable(self.collection, name,
+                         lambda: init(self.make_rng("params"), shape, jnp.float32)).value
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (..., I) -> (..., F)."""
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (x.shape[-1], self.features), jnp.float32)
+    kernel = self._weight("kernel", self.kernel_init, (x.shape[-1], self.features))
     x = x.astype(self.dtype)
     y = jnp.dot(x, kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(self.dtype)
+      y = y + self._weight("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     if self.lora_rank:
       y = y + self._lora_delta(x)
     return y
@@ -105,6 +114,21 @@ class MLPBlock(nn.Module):
     """x: (..., D) -> (..., D)."""
     hidden = self.activation(Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
     return Dense(x.shape[-1], dtype=self.dtype, name="lin2")(hidden)
+
+
+class ParallelAdapter(nn.Module):
+  """scale * up(relu(down(x))), all trainable (ADAPTERS); up starts at zero (a no-op)."""
+  bottleneck: int
+  scale: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (..., D) -> (..., D)."""
+    down = Dense(self.bottleneck, collection=ADAPTERS, dtype=self.dtype, name="down")
+    up = Dense(x.shape[-1], collection=ADAPTERS, kernel_init=nn.initializers.zeros,
+               dtype=self.dtype, name="up")
+    return self.scale * up(nn.relu(down(x)))
 
 
 class MLP(nn.Module):

@@ -87,3 +87,11 @@ def setup_model(config, rng: jax.Array) -> ModelSetup:
     variables = {"params": params, **{k: v for k, v in fresh.items() if k != "params"}}
   return ModelSetup(model, variables, {"path": base,
                                        "sha256": tree_sha256(variables["params"])})
+
+
+def zero_shot_setup(setup: ModelSetup, config) -> ModelSetup:
+  """SAM as it is: the same base with no adapters and the first (SAM's) decoder only."""
+  model = _spt(setup.model.spec, AdapterSpec(), 1, config)
+  params = dict(setup.variables["params"])
+  params["decoders"] = jax.tree_util.tree_map(lambda x: x[:1], params["decoders"])
+  return ModelSetup(model, {"params": params}, setup.base)
