@@ -1,0 +1,113 @@
+"""A tiny SPT trained and evaluated on a mesh: shared by the 8-device tests and the
+two-process worker, so that every run computes exactly the same thing.
+
+The batch has 8 images with 2 prompts each (the second one padding for odd images),
+a text entry (left on the host by `global_batch`) and the paper's point-sampled loss,
+whose random points must not depend on the sharding.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from small_models import TINY_SPEC
+from spt_jax import model_inputs
+from spt_jax import parallel
+from spt_jax.data.prompts import PromptConfig
+from spt_jax.models.sam import init_variables
+from spt_jax.spt.losses import LossSpec
+from spt_jax.spt.model import Spt
+from spt_jax.train import step as step_lib
+from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
+from spt_jax.train.trainable import SPT_TRAINABLE, partition
+
+NUM_IMAGES = 8
+PROMPT_CONFIG = PromptConfig(max_prompts=2)
+LEARNING_RATE = 5e-2
+STEPS = 2
+
+
+def tiny_batch(rows: slice = slice(None)) -> dict[str, np.ndarray]:
+  """Rows `rows` of the global batch (a process passes its own share)."""
+  size, prompts = TINY_SPEC.image_size, PROMPT_CONFIG.max_prompts
+  rng = np.random.default_rng(0)
+  mask = np.zeros((NUM_IMAGES, size, size), np.float32)
+  boxes = np.zeros((NUM_IMAGES, prompts, 4), np.float32)
+  valid = np.zeros((NUM_IMAGES, prompts), bool)
+  for i in range(NUM_IMAGES):
+    top, left = 4 + 3 * i, 40 - 4 * i
+    mask[i, top:top + 20, left:left + 16] = 1
+    boxes[i, :] = [left, top, left + 15, top + 19]
+    valid[i, :2 - i % 2] = True
+  batch = dict(
+      image=rng.integers(0, 256, (NUM_IMAGES, size, size, 3)).astype(np.uint8),
+      input_size=np.array([[size, size - 2 * (i % 3)] for i in range(NUM_IMAGES)], np.int32),
+      mask=mask, boxes=boxes, prompt_valid=valid,
+      category=np.array([b"woven"] * NUM_IMAGES))
+  return {k: v[rows] for k, v in batch.items()}
+
+
+@functools.cache
+def tiny_model():
+  """(model, variables, optimizer, pure train step)."""
+  model = Spt(TINY_SPEC, relation_impl="xla")
+  variables = init_variables(model, jax.random.PRNGKey(0))
+  optimizer = make_optimizer(OptimizerSpec(learning_rate=LEARNING_RATE))
+  loss = LossSpec(num_points=16 * 16)
+  return model, variables, optimizer, step_lib.make_train_step(model, optimizer, loss,
+                                                               PROMPT_CONFIG)
+
+
+def forward_metrics(model, variables, batch) -> dict[str, jax.Array]:
+  """Draft/final low-res logits (B, P, l, l) and the final masks' IoU (B, P) with the
+  target at low resolution (nearest), 1 where both are empty."""
+  output = model.apply(variables, model_inputs.model_images(batch),
+                       model_inputs.model_prompts(batch, PROMPT_CONFIG))
+  factor = TINY_SPEC.image_size // TINY_SPEC.low_res_size
+  target = model_inputs.prompt_targets(batch, PROMPT_CONFIG)[..., ::factor, ::factor] > 0.5
+  predicted = output.final[:, :, 0] > 0
+  inter = jnp.sum(predicted & target, axis=(-2, -1))
+  union = jnp.sum(predicted | target, axis=(-2, -1))
+  iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+  return dict(draft=output.draft[:, :, 0], final=output.final[:, :, 0], iou=iou)
+
+
+@dataclasses.dataclass
+class MeshRun:
+  mesh: Any
+  losses: list[float]
+  state: Any  # TrainState of global arrays after training
+  frozen: Any  # frozen variables as placed
+  state_shardings: Any
+  forward: dict[str, np.ndarray]  # this process's rows of forward_metrics
+
+
+def run_on_mesh(spec: parallel.MeshSpec, devices=None,
+                local_batch: dict[str, np.ndarray] | None = None) -> MeshRun:
+  """STEPS train steps, then the forward pass, sharded as `spec` says."""
+  model, variables, optimizer, train_step = tiny_model()
+  mesh = parallel.make_mesh(spec, devices)
+  shardings = parallel.shard_tree(variables, mesh, spec.rules)
+  trainable_sh, frozen_sh = partition(shardings, SPT_TRAINABLE)
+  trainable, frozen = partition(parallel.place(variables, shardings), SPT_TRAINABLE)
+  state = step_lib.init_train_state(trainable, optimizer, jax.random.PRNGKey(1))
+  state_sh = parallel.train_state_shardings(state, trainable_sh, optimizer, mesh)
+  state = parallel.place(state, state_sh)
+  batch_sh = parallel.batch_sharding(mesh, spec.rules)
+  batch = parallel.global_batch(tiny_batch() if local_batch is None else local_batch,
+                                batch_sh)
+  step = parallel.make_sharded_train_step(train_step, mesh, state_sh, frozen_sh, batch_sh,
+                                          spec.rules)
+  losses = []
+  for _ in range(STEPS):
+    state, metrics = step(state, frozen, batch)
+    losses.append(float(metrics["loss"]))
+  forward = parallel.sharded_jit(functools.partial(forward_metrics, model), mesh,
+                                 (shardings, batch_sh), batch_sh, spec.rules)
+  outputs = forward(parallel.place(variables, shardings), batch)
+  return MeshRun(mesh, losses, state, frozen, state_sh,
+                 {k: parallel.local_rows(v) for k, v in outputs.items()})
