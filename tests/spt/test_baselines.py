@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from small_models import MICRO_SPEC as TINY_SPEC
+from small_models import MICRO_SPEC
 from spt_jax import config as config_lib
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.models.config import AdapterSpec
@@ -16,8 +16,8 @@ from spt_jax.train import step as train_step
 from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
 from spt_jax.train.trainable import partition
 
-ENCODER_BLOCKS = TINY_SPEC.encoder.depth
-DECODER_BLOCKS = TINY_SPEC.decoder_depth
+ENCODER_BLOCKS = MICRO_SPEC.encoder.depth
+DECODER_BLOCKS = MICRO_SPEC.decoder_depth
 # q and v LoRA (A and B) on 3 attentions per two-way block and the final attention.
 DECODER_LORA = (3 * DECODER_BLOCKS + 1) * 2 * 2
 ENCODER_LORA = 2 * ENCODER_BLOCKS  # one grouped (q, v) A and B per block
@@ -28,7 +28,7 @@ def count_leaves(tree):
 
 
 SAM_DECODER_LEAVES = count_leaves(
-    init_variables(Sam(TINY_SPEC), jax.random.PRNGKey(0))["params"]["mask_decoder"])
+    init_variables(Sam(MICRO_SPEC), jax.random.PRNGKey(0))["params"]["mask_decoder"])
 EXPECTED_LEAVES = {
     "decoder": SAM_DECODER_LEAVES,
     "lora": ENCODER_LORA + DECODER_LORA,
@@ -42,18 +42,18 @@ EXPECTED_LEAVES = {
 
 def batch():
   rng = np.random.default_rng(0)
-  mask = np.zeros((1, 64, 64), np.float32)
-  mask[0, 10:40, 15:45] = 1
-  return dict(image=rng.integers(0, 256, (1, 64, 64, 3)).astype(np.uint8),
-              input_size=np.array([[64, 64]], np.int32), mask=mask,
-              boxes=np.array([[[15, 10, 44, 39]]], np.float32),
+  mask = np.zeros((1, 32, 32), np.float32)
+  mask[0, 5:20, 8:24] = 1
+  return dict(image=rng.integers(0, 256, (1, 32, 32, 3)).astype(np.uint8),
+              input_size=np.array([[32, 32]], np.int32), mask=mask,
+              boxes=np.array([[[8, 5, 23, 19]]], np.float32),
               prompt_valid=np.ones((1, 1), bool))
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED_LEAVES))
 def test_trainable_set_and_a_few_steps(method):
   spec = config_lib.METHODS[method]
-  model = Spt(TINY_SPEC, AdapterSpec(**spec["adapters"]), relation_impl="xla",
+  model = Spt(MICRO_SPEC, AdapterSpec(**spec["adapters"]), relation_impl="xla",
               sdt_steps=spec["sdt_steps"])
   variables = init_variables(model, jax.random.PRNGKey(1))
   trainable, frozen = partition(variables, spec["trainable"])
