@@ -23,21 +23,23 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules = ShardingRules()) -> NamedS
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
-def _check_rows(sharding: NamedSharding, global_rows: int, local_rows: int) -> None:
+def _check_rows(sharding: NamedSharding, global_rows: int, rows: int) -> None:
+  """Raises SptUserError unless the batch axes split `global_rows` evenly and give this
+  process's devices exactly the `rows` it reads."""
   axes = sharding.spec[0] or ()
   axes = (axes,) if isinstance(axes, str) else tuple(axes)
   split = math.prod(sharding.mesh.shape[a] for a in axes)
   if global_rows % split:
     raise SptUserError(
-        f"the global batch of {global_rows} images ({local_rows} per process, data "
+        f"the global batch of {global_rows} images ({rows} per process, data "
         f"batch_size, x {jax.process_count()} processes) is not divisible by the "
         f"{split} devices of the batch mesh axes {axes}: change the batch size or mesh.shape")
   indices = sharding.addressable_devices_indices_map((global_rows,))
   mine = {r for index in indices.values() for r in range(global_rows)[index[0]]}
-  if len(mine) != local_rows:
+  if len(mine) != rows:
     raise SptUserError(
         f"mesh.shape puts {len(mine)} of {global_rows} batch rows on this process's "
-        f"devices, but it reads {local_rows}: the batch axes {axes} must span the "
+        f"devices, but it reads {rows}: the batch axes {axes} must span the "
         "processes (put 'model' inside a host, 'data'/'fsdp' across hosts)")
 
 
@@ -48,13 +50,13 @@ def global_batch(local_batch: Mapping[str, np.ndarray],
   Text entries (category, defect_type, source_path: numpy 'S' arrays) stay on the
   host and are left out; keep them from `local_batch` for reports.
   """
-  arrays = {k: np.asarray(v) for k, v in local_batch.items()
-            if np.asarray(v).dtype.kind not in "SUO"}
+  arrays = {k: v for k, v in ((k, np.asarray(v)) for k, v in local_batch.items())
+            if v.dtype.kind not in "SUO"}
   if not arrays:
     return {}
-  local_rows = next(iter(arrays.values())).shape[0]
-  global_rows = local_rows * jax.process_count()
-  _check_rows(sharding, global_rows, local_rows)
+  rows = next(iter(arrays.values())).shape[0]
+  global_rows = rows * jax.process_count()
+  _check_rows(sharding, global_rows, rows)
   return {k: jax.make_array_from_process_local_data(sharding, v,
                                                     (global_rows,) + v.shape[1:])
           for k, v in arrays.items()}

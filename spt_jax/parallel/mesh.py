@@ -85,7 +85,7 @@ class MeshSpec:
                            any(s < 1 for s in self.dcn_shape)):
       raise SptUserError(f"mesh.dcn_shape={self.dcn_shape}: expected () or one positive "
                          f"size per axis of {self.axes}")
-    self.rules.check_mesh_axes(MESH_AXES)
+    self.rules.check(MESH_AXES)
     return self
 
   def resolved_shape(self, num_devices: int) -> tuple[int, ...]:

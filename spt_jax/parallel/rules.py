@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from spt_jax.errors import SptUserError
+from spt_jax.parallel.distributed import is_main_process
 
 MeshAxes = str | tuple[str, ...] | None
 # Per dim: a logical name, a tuple of names (a flattened dim, e.g. images x prompts,
@@ -111,15 +112,15 @@ class ShardingRules:
                          f"one of {sorted(table)}")
     return _axes_tuple(table[name])
 
-  def check_mesh_axes(self, known: Sequence[str]) -> None:
+  def check(self, known_mesh_axes: Sequence[str]) -> None:
     """Raises SptUserError for an unknown mesh axis or logical name, or a bad regex."""
     for name in ACTIVATION_AXES:
       self.mesh_axes(name)
     for name, axes in self.logical:
-      bad = [a for a in _axes_tuple(axes) if a not in known]
+      bad = [a for a in _axes_tuple(axes) if a not in known_mesh_axes]
       if bad:
         raise SptUserError(f"mesh.rules.logical: {name!r} -> {axes!r} names mesh axes "
-                           f"{bad}; expected names from {tuple(known)}")
+                           f"{bad}; expected names from {tuple(known_mesh_axes)}")
     for pattern, names in self.params:
       try:
         re.compile(pattern)
@@ -179,7 +180,9 @@ def path_string(path) -> str:
 
 
 def log_fallbacks(fallbacks: Sequence[str], what: str) -> None:
-  """One log line per distinct fallback, with how often it happened."""
+  """One log line (in process 0) per distinct fallback, with how often it happened."""
+  if not is_main_process():
+    return
   for message, count in collections.Counter(fallbacks).items():
     logging.info("sharding %s: %s (%d array%s)", what, message, count, "s"[:count > 1])
 

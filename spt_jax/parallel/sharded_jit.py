@@ -9,10 +9,12 @@ process. Typical use (the whole variables tree is sharded first, then split like
   shardings = shard_tree(variables, mesh, mesh_spec.rules)
   trainable_sh, frozen_sh = partition(shardings, trainable_patterns)
   trainable, frozen = partition(place(variables, shardings), trainable_patterns)
-  state = init_train_state(trainable, optimizer, rng)      # jit: follows the inputs
+  state = init_train_state(trainable, optimizer, rng)
   state_sh = train_state_shardings(state, trainable_sh, optimizer, mesh)
+  state = place(state, state_sh)
+  batch_sh = batch_sharding(mesh, mesh_spec.rules)
   step = make_sharded_train_step(make_train_step(...), mesh, state_sh, frozen_sh,
-                                 batch_sharding(mesh, mesh_spec.rules), mesh_spec.rules)
+                                 batch_sh, mesh_spec.rules)
   state, metrics = step(state, frozen, global_batch(local_batch, batch_sh))
 """
 

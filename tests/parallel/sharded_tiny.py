@@ -1,9 +1,10 @@
 """A tiny SPT trained and evaluated on a mesh: shared by the 8-device tests and the
 two-process worker, so that every run computes exactly the same thing.
 
-The batch has 8 images with 2 prompts each (the second one padding for odd images),
-a text entry (left on the host by `global_batch`) and the paper's point-sampled loss,
-whose random points must not depend on the sharding.
+The batch has 8 images with 2 per-region box prompts each (the second region absent,
+its prompt padding, for odd images), a text entry (left on the host by
+`global_batch`) and the paper's point-sampled loss, whose random points must not
+depend on the sharding.
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
 from spt_jax.train.trainable import SPT_TRAINABLE, partition
 
 NUM_IMAGES = 8
-PROMPT_CONFIG = PromptConfig(max_prompts=2)
+PROMPT_CONFIG = PromptConfig(per_region=True, max_prompts=2)
 LEARNING_RATE = 5e-2
 STEPS = 2
 
@@ -35,19 +36,22 @@ def tiny_batch(rows: slice = slice(None)) -> dict[str, np.ndarray]:
   """Rows `rows` of the global batch (a process passes its own share)."""
   size, prompts = TINY_SPEC.image_size, PROMPT_CONFIG.max_prompts
   rng = np.random.default_rng(0)
-  mask = np.zeros((NUM_IMAGES, size, size), np.float32)
+  regions = np.zeros((NUM_IMAGES, size, size), np.uint8)
   boxes = np.zeros((NUM_IMAGES, prompts, 4), np.float32)
   valid = np.zeros((NUM_IMAGES, prompts), bool)
   for i in range(NUM_IMAGES):
     top, left = 4 + 3 * i, 40 - 4 * i
-    mask[i, top:top + 20, left:left + 16] = 1
-    boxes[i, :] = [left, top, left + 15, top + 19]
+    regions[i, top:top + 20, left:left + 16] = 1
+    boxes[i, 0] = [left, top, left + 15, top + 19]
+    if i % 2 == 0:
+      regions[i, 50:58, 4:20] = 2
+      boxes[i, 1] = [4, 50, 19, 57]
     valid[i, :2 - i % 2] = True
   batch = dict(
       image=rng.integers(0, 256, (NUM_IMAGES, size, size, 3)).astype(np.uint8),
       input_size=np.array([[size, size - 2 * (i % 3)] for i in range(NUM_IMAGES)], np.int32),
-      mask=mask, boxes=boxes, prompt_valid=valid,
-      category=np.array([b"woven"] * NUM_IMAGES))
+      mask=(regions > 0).astype(np.float32), prompt_regions=regions, boxes=boxes,
+      prompt_valid=valid, category=np.array([b"woven"] * NUM_IMAGES))
   return {k: v[rows] for k, v in batch.items()}
 
 

@@ -59,10 +59,15 @@ def test_two_processes_match_one(tmp_path):
   assert report["qkv_spec"] == str(jax.sharding.PartitionSpec("fsdp", "model"))
   reference = run_on_mesh(parallel.MeshSpec(shape=(1, 1, 1)), jax.devices()[:1])
   np.testing.assert_allclose(report["losses"], reference.losses, rtol=1e-5)
+  expected_mu = traverse_util.flatten_dict(reference.state.opt_state[0].mu, sep="/")
+  for key, value in expected_mu.items():  # linear in the gradients: tight
+    np.testing.assert_allclose(report["mu/" + key], np.asarray(value), rtol=1e-3, atol=1e-7,
+                               err_msg=key)
+  # Adam moves a leaf by about lr * sign(gradient): allow 1 % of a step (lr 5e-2).
   trainable = traverse_util.flatten_dict(reference.state.trainable, sep="/")
   for key, value in trainable.items():
     np.testing.assert_allclose(report["trainable/" + key], np.asarray(value), rtol=1e-4,
-                               atol=1e-4, err_msg=key)
+                               atol=5e-4, err_msg=key)
   for name in ("draft", "final"):
-    np.testing.assert_allclose(report[name], reference.forward[name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(report[name], reference.forward[name], rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(report["iou"], reference.forward["iou"])

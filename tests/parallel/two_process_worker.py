@@ -3,8 +3,8 @@
 Started by launch/multiprocess.py (2 processes x 4 CPU devices, gloo collectives):
 joins the distributed runtime, trains the tiny SPT on a (data 2, fsdp 2, model 2) mesh
 from its own half of the batch, saves and restores the train state with Orbax from
-both processes, and in process 0 only writes the report: losses, the adapters and
-the forward outputs gathered from both processes.
+both processes, and in process 0 only writes the report: losses, the adapters,
+Adam's first moments and the forward outputs gathered from both processes.
 
     python tests/parallel/two_process_worker.py OUTPUT_DIR
 """
@@ -12,6 +12,7 @@ the forward outputs gathered from both processes.
 import os
 import sys
 
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -44,17 +45,17 @@ def main(output_dir: str) -> None:
     for a, b in zip(before.addressable_shards, after.addressable_shards):
       np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
 
-  gathered = multihost_utils.process_allgather(
-      {"trainable": run.state.trainable, **run.forward}, tiled=True)
+  trees = {"trainable": run.state.trainable, "mu": run.state.opt_state[0].mu}
+  gathered = multihost_utils.process_allgather({**trees, **run.forward}, tiled=True)
   if parallel.is_main_process():
     report = {"losses": np.asarray(run.losses), "process_count": jax.process_count(),
               "global_devices": jax.device_count(),
               "qkv_spec": str(run.frozen["params"]["image_encoder"]["blocks_0"]["attn"]
                               ["qkv"]["kernel"].sharding.spec)}
-    report.update({k: v for k, v in gathered.items() if k != "trainable"})
-    report.update({"trainable/" + "/".join(str(p.key) for p in path): value
-                   for path, value in jax.tree_util.tree_flatten_with_path(
-                       gathered["trainable"])[0]})
+    report.update({k: gathered[k] for k in run.forward})
+    for name in trees:
+      report.update({f"{name}/{key}": value for key, value in
+                     traverse_util.flatten_dict(gathered[name], sep="/").items()})
     np.savez(os.path.join(output_dir, "report.npz"), **report)
   checkpointer.close()
 
