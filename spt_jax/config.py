@@ -27,6 +27,8 @@ Fields:
                      workdir --mode=eval uses ('latest' or 'best'); zero_shot_first
                      evaluates SAM as it is before training, for the comparison.
   predict            images_dir, prompts_file, output_dir for --mode=predict.
+  mesh               device mesh, sharding rules and multi-host start
+                     (spt_jax.parallel.MeshSpec; launch/README.md explains the fields).
 """
 
 import dataclasses
@@ -39,6 +41,7 @@ from spt_jax.data.pipeline import DataConfig
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec
+from spt_jax.parallel import mesh_config
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train.optimizer import OptimizerSpec
 from spt_jax.train.trainable import SPT_TRAINABLE
@@ -111,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_overlays=8, checkpoint="latest", zero_shot_first=False))
   config.predict = ml_collections.ConfigDict(dict(
       images_dir="", prompts_file="", output_dir=""))
+  config.mesh = mesh_config()
   return config
 
 

@@ -9,15 +9,16 @@ import os
 import jax
 
 from spt_jax import config as config_lib
+from spt_jax import parallel
 from spt_jax.data import builders
 from spt_jax.errors import SptUserError
 from spt_jax.pretrained import load_spec
-from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
+from spt_jax.train.model_setup import base_directory, setup_model, spec_for, zero_shot_setup
 
 
 def _image_size(config) -> int:
-  if config.model.base and config.model.base != "embedded":
-    return load_spec(config.model.base)[0].image_size
+  if config.model.base:
+    return load_spec(base_directory(config.model.base))[0].image_size
   return spec_for(config.model.type).image_size
 
 
@@ -42,6 +43,7 @@ def check_config(config, mode: str) -> None:
   """Raises SptUserError naming the first inconsistent field; compiles nothing."""
   if mode not in config_lib.MODES:
     raise SptUserError(f"mode {mode!r}: expected one of {config_lib.MODES}")
+  parallel.MeshSpec.from_config(config.mesh).check()
   if not config.model.base and config.model.type != "tiny":
     raise SptUserError(
         f"model.base is empty: a {config.model.type} model needs Meta's weights; convert "
@@ -77,17 +79,19 @@ def run(config, workdir: str, mode: str) -> None:
   from spt_jax.predict_folder import predict_folder
   from spt_jax.train.loop import train
   # pylint: enable=g-import-not-at-top
+  mesh_spec = parallel.MeshSpec.from_config(config.mesh)
   setup = setup_model(config, jax.random.PRNGKey(config.train.seed))
   evaluates = mode in ("train_and_eval", "eval")
   zero_shot = None
   if evaluates and config.eval.zero_shot_first:
     print("evaluating SAM as it is (zero-shot) on the evaluation data", flush=True)
     baseline = zero_shot_setup(setup, config)
-    zero_shot = Evaluator(config, baseline.model, os.path.join(workdir, "zero_shot")).run(
+    zero_shot = Evaluator(config, baseline.model, os.path.join(workdir, "zero_shot"),
+                          mesh_spec).run(
         baseline.variables)
-  evaluator = Evaluator(config, setup.model, workdir) if evaluates else None
+  evaluator = Evaluator(config, setup.model, workdir, mesh_spec) if evaluates else None
   if mode in ("train_and_eval", "train") and config.trainable:
-    variables = train(config, workdir, setup,
+    variables = train(config, workdir, setup, mesh_spec,
                       evaluate=evaluator.metrics_at_step if evaluator else None).variables
   elif mode in ("train_and_eval", "train"):
     print(f"method {config.method}: nothing trains", flush=True)

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from configs import CONFIG_DIR
 from spt_jax import config as config_lib
+from spt_jax import parallel
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
@@ -91,9 +92,14 @@ def _run(config, workdir: str, mode: str) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --flag=value")
+  try:
+    parallel.maybe_initialize_distributed(
+        parallel.MeshSpec.from_config(_CONFIG.value.mesh).distributed)
+  except SptUserError as error:
+    _fail(str(error))
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="spt_jax_")
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if parallel.is_main_process():
     print(f"workdir: {workdir}", flush=True)
   logging.set_verbosity(logging.INFO)
   if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:

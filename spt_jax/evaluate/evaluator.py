@@ -11,13 +11,16 @@ the final mask; with fresh adapters the draft is zero-shot SAM.
 
 import collections
 import os
+import pickle
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 from spt_jax import model_inputs
+from spt_jax import parallel
 from spt_jax import transforms
 from spt_jax.config import prompt_fields, to_data_config
 from spt_jax.data.pipeline import make_pipeline
@@ -52,7 +55,7 @@ def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: 
 class Evaluator:
   """Evaluates variables of `model` on `config.data.eval`; writes reports to workdir."""
 
-  def __init__(self, config, model, workdir: str):
+  def __init__(self, config, model, workdir: str, mesh_spec: parallel.MeshSpec):
     self.config = config
     self.model = model
     self.workdir = workdir
@@ -62,10 +65,32 @@ class Evaluator:
                          "uses one prompt per image (the paper's protocol)")
     self.canvas = self.data_config.original_canvas
     self.steps = step_names(model.sdt_steps)
-    self._forward = jax.jit(self._forward_fn)
+    self.mesh_spec = mesh_spec
+    self.mesh = parallel.make_mesh(mesh_spec)
+    self.batch_sharding = parallel.batch_sharding(self.mesh, mesh_spec.rules)
+    self._compiled = {}
+
+  def _forward(self, variables, batch, rows, cols):
+    """The jit-compiled forward with the variables' and the batch's shardings."""
+    key = jax.tree_util.tree_structure(variables)
+    if key not in self._compiled:
+      shardings = parallel.shard_tree(variables, self.mesh, self.mesh_spec.rules)
+      self._compiled[key] = (shardings, parallel.sharded_jit(
+          self._forward_fn, self.mesh,
+          (shardings, self.batch_sharding, self.batch_sharding, self.batch_sharding),
+          self.batch_sharding, self.mesh_spec.rules))
+    shardings, forward = self._compiled[key]
+    outputs = forward(parallel.place(variables, shardings),
+                      parallel.global_batch(batch, self.batch_sharding),
+                      *parallel.global_batch({"rows": rows, "cols": cols},
+                                             self.batch_sharding).values())
+    return jax.tree_util.tree_map(parallel.local_rows, outputs)
 
   def _forward_fn(self, variables, batch, rows, cols):
-    """-> metrics {name: (steps, B, P)}, scores (steps, B, P, C, C), logits (steps, B, P, l, l)."""
+    """-> metrics {name: (B, steps, P)}, scores (B, steps, P, C, C), logits (B, steps, P, l, l).
+
+    Every output leads with the batch axis, so each process reads its own images' rows.
+    """
     output = self.model.apply(variables, model_inputs.model_images(batch),
                               model_inputs.model_prompts(batch, self.data_config.prompt))
     logits = output.logits[:, :, :, 0]
@@ -77,9 +102,10 @@ class Evaluator:
     flat = lambda x: x.reshape((-1,) + x.shape[3:])
     results = segmentation_metrics(flat(at_original), flat(truth), flat(valid_hw),
                                    dilation_ratio=self.config.eval.dilation_ratio)
-    metrics = {name: getattr(results, name).reshape(at_original.shape[:3])
+    batch_first = lambda x: jnp.moveaxis(x, 1, 0)
+    metrics = {name: batch_first(getattr(results, name).reshape(at_original.shape[:3]))
                for name in MASK_METRICS}
-    return metrics, jax.nn.sigmoid(at_original), logits
+    return metrics, batch_first(jax.nn.sigmoid(at_original)), batch_first(logits)
 
   def _matrices(self, batch):
     low_res, size = self.model.spec.low_res_size, self.model.spec.image_size
@@ -108,8 +134,9 @@ class Evaluator:
     done, total = 0, pipeline.num_local_examples
     for batch in pipeline:
       rows, cols = self._matrices(batch)
-      metrics, probabilities, logits = jax.device_get(
-          self._forward(variables, model_inputs.array_fields(batch), rows, cols))
+      metrics, probabilities, logits = self._forward(
+          variables, *_pad_rows((model_inputs.array_fields(batch), rows, cols),
+                                self.data_config.batch_size))
       for b in range(len(batch["image"])):
         category = batch["category"][b].decode()
         records += [self._record(batch, b, p, metrics, dataset, prompt)
@@ -118,16 +145,44 @@ class Evaluator:
           height, width = (int(x) for x in batch["original_size"][b])
           truth = batch["original_mask"][b, :height, :width] > 0
           for s, step in enumerate(self.steps):
-            accumulators[category, step].add(probabilities[s, b, 0, :height, :width], truth)
+            accumulators[category, step].add(probabilities[b, s, 0, :height, :width], truth)
         if done + b < num_overlays:
-          self._save_overlay(batch, b, logits[:, b, 0], done + b)
+          self._save_overlay(batch, b, logits[b, :, 0], done + b)
       done += len(batch["image"])
       print(f"\reval {dataset}: {done}/{total} images", end="", flush=True)
     print(flush=True)
+    records, accumulators = self._gather(records, dict(accumulators))
     return {"records": records,
             "pixel": self._pixel_metrics(accumulators, dataset, prompt),
             "normal_left_out": {(dataset, c): n
                                 for c, n in pipeline.normal_left_out.items()}}
+
+  def _gather(self, records, accumulators):
+    """All processes' records and accumulators, on the main process (a shared workdir).
+
+    Each process writes its part to workdir/eval_parts/ and the main process merges
+    them after a barrier; with one process nothing is written.
+    """
+    if jax.process_count() == 1:
+      return records, accumulators
+    parts = os.path.join(self.workdir, "eval_parts")
+    os.makedirs(parts, exist_ok=True)
+    with open(os.path.join(parts, f"{jax.process_index()}.pkl"), "wb") as f:
+      pickle.dump((records, accumulators), f)
+    multihost_utils.sync_global_devices("spt_jax evaluation parts written")
+    if not parallel.is_main_process():
+      return records, accumulators
+    records, merged = [], {}
+    for index in range(jax.process_count()):
+      with open(os.path.join(parts, f"{index}.pkl"), "rb") as f:
+        part_records, part_accumulators = pickle.load(f)
+      records += part_records
+      for key, accumulator in part_accumulators.items():
+        if key in merged:
+          merged[key].merge(accumulator)
+        else:
+          merged[key] = accumulator
+    return records, merged
 
   def _pixel_metrics(self, accumulators, dataset, prompt):
     """{(dataset, prompt, category or None): {step: {'auroc', 'aupro'}}}."""
@@ -147,7 +202,7 @@ class Evaluator:
         dataset=dataset, category=batch["category"][b].decode(),
         defect_type=batch["defect_type"][b].decode(),
         image_path=batch["source_path"][b].decode(), prompt=prompt,
-        scores={step: {name: float(metrics[name][s, b, p]) for name in MASK_METRICS}
+        scores={step: {name: float(metrics[name][b, s, p]) for name in MASK_METRICS}
                 for s, step in enumerate(self.steps)})
 
   def _save_overlay(self, batch, b, logits, index):
@@ -185,6 +240,15 @@ class Evaluator:
     writer.write(step, flat)
     writer.close()
     return flat
+
+
+def _pad_rows(arrays, rows: int):
+  """Pads every array's leading axis to `rows` by repeating its last row (a short last
+  batch keeps the compiled shape and divides over the mesh); callers read the real rows."""
+  def pad(x):
+    missing = rows - x.shape[0]
+    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
+  return jax.tree_util.tree_map(pad, arrays)
 
 
 def _pixel_row(accumulator) -> dict[str, float]:

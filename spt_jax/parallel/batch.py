@@ -13,6 +13,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from spt_jax import model_inputs
 from spt_jax.errors import SptUserError
 from spt_jax.parallel.rules import ShardingRules
 
@@ -50,8 +51,7 @@ def global_batch(local_batch: Mapping[str, np.ndarray],
   Text entries (category, defect_type, source_path: numpy 'S' arrays) stay on the
   host and are left out; keep them from `local_batch` for reports.
   """
-  arrays = {k: v for k, v in ((k, np.asarray(v)) for k, v in local_batch.items())
-            if v.dtype.kind not in "SUO"}
+  arrays = {k: np.asarray(v) for k, v in model_inputs.array_fields(local_batch).items()}
   if not arrays:
     return {}
   rows = next(iter(arrays.values())).shape[0]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from absl import logging
 import jax
 
-from spt_jax import model_inputs
+from spt_jax import parallel
 from spt_jax.config import to_data_config
 from spt_jax.data.pipeline import make_pipeline
 from spt_jax.errors import SptUserError
@@ -43,12 +43,17 @@ class TrainResult:
   last_metrics: dict[str, float]
 
 
-def train(config, workdir: str, setup: ModelSetup,
+def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
           evaluate: Optional[EvaluateFn] = None) -> TrainResult:
-  """Trains `setup.model`'s trainable variables; returns the final variables."""
+  """Trains `setup.model`'s trainable variables on the mesh; returns the final variables.
+
+  The frozen base and the trainable leaves are sharded by `mesh_spec.rules` (the
+  optimizer state alongside its parameters), each process feeds its own shard of the
+  data, and the global batch is split over the mesh's batch axes.
+  """
   image_size = setup.model.spec.image_size
   pipeline = make_pipeline(to_data_config(config.data.train, image_size, num_epochs=None))
-  batch_size = pipeline.config.batch_size
+  batch_size = pipeline.config.batch_size  # per process
   steps_per_epoch = max(1, pipeline.num_local_examples // batch_size)
   total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
   if total_steps < 1:
@@ -56,9 +61,16 @@ def train(config, workdir: str, setup: ModelSetup,
   opt_spec = optimizer_spec(config, steps_per_epoch)
   optimizer = make_optimizer(opt_spec)
   learning_rate = learning_rate_schedule(opt_spec)
-  trainable, frozen = partition(setup.variables, config.trainable)
+  mesh = parallel.make_mesh(mesh_spec)
+  shardings = parallel.shard_tree(setup.variables, mesh, mesh_spec.rules)
+  trainable_shardings, frozen_shardings = partition(shardings, config.trainable)
+  trainable, frozen = partition(parallel.place(setup.variables, shardings),
+                                config.trainable)
   state = step_lib.init_train_state(trainable, optimizer,
                                     jax.random.PRNGKey(config.train.seed))
+  state_shardings = parallel.train_state_shardings(state, trainable_shardings, optimizer,
+                                                   mesh)
+  state = parallel.place(state, state_shardings)
   iterator = iter(pipeline)
   checkpoints = checkpoints_lib.TrainCheckpoints(
       workdir, config.train.keep_checkpoints, config.train.best_metric,
@@ -68,9 +80,10 @@ def train(config, workdir: str, setup: ModelSetup,
   start = int(state.step)
   loss_spec = LossSpec(**{**config.loss.to_dict(),
                           "step_weights": tuple(config.loss.step_weights)})
-  train_step = jax.jit(step_lib.make_train_step(setup.model, optimizer, loss_spec,
-                                                pipeline.config.prompt),
-                       donate_argnums=(0,))
+  batch_sharding = parallel.batch_sharding(mesh, mesh_spec.rules)
+  train_step = parallel.make_sharded_train_step(
+      step_lib.make_train_step(setup.model, optimizer, loss_spec, pipeline.config.prompt),
+      mesh, state_shardings, frozen_shardings, batch_sharding, mesh_spec.rules)
   logging.info("training %d steps (%d per epoch, batch %d, %d trainable values) from "
                "step %d", total_steps, steps_per_epoch, batch_size,
                sum(x.size for x in jax.tree_util.tree_leaves(trainable)), start)
@@ -79,8 +92,8 @@ def train(config, workdir: str, setup: ModelSetup,
   metrics: dict[str, float] = {}
   try:
     for step in range(start + 1, total_steps + 1):
-      state, step_metrics = train_step(state, frozen,
-                                       model_inputs.array_fields(next(iterator)))
+      state, step_metrics = train_step(
+          state, frozen, parallel.global_batch(next(iterator), batch_sharding))
       if step % config.train.log_every_steps == 0 or step in (start + 1, total_steps):
         metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         metrics.update(progress.report(step), learning_rate=float(learning_rate(step - 1)))
