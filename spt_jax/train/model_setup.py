@@ -7,6 +7,7 @@ which store only what trains.
 
 import dataclasses
 import hashlib
+import os
 from typing import Any
 
 import jax
@@ -27,6 +28,16 @@ TINY_SPEC = SamSpec(
                         out_chans=128),
     prompt_embed_dim=128, mask_in_chans=16, decoder_mlp_dim=512, decoder_num_heads=4,
     iou_head_hidden_dim=128)
+
+# config.model.base 'embedded': TINY_SPEC pretrained on generated shapes, shipped in the
+# package (spt_jax/assets/tiny_sam/RECIPE.md says how it was made).
+EMBEDDED_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "assets", "tiny_sam")
+
+
+def base_directory(base: str) -> str:
+  """The directory of config.model.base: 'embedded' is EMBEDDED_BASE."""
+  return EMBEDDED_BASE if base == "embedded" else base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +86,7 @@ def setup_model(config, rng: jax.Array) -> ModelSetup:
     variables = init_variables(model, rng)
     return ModelSetup(model, variables, {"path": "random-init",
                                          "sha256": tree_sha256(variables["params"])})
-  pretrained = load_pretrained(base)
+  pretrained = load_pretrained(base_directory(base))
   model = _spt(pretrained.spec, adapters, config.model.sdt_steps, config)
   fresh = init_variables(model, rng)
   if pretrained.metadata.get("model") == "spt":
