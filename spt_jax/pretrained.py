@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 from spt_jax.models.config import AdapterSpec, SamSpec
 from spt_jax.models.sam import Sam
 from spt_jax.spt.model import Spt
@@ -67,11 +68,8 @@ def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
   if document.get("format") != FORMAT:
     raise SptUserError(f"{spec_path}: format {document.get('format')!r}, expected {FORMAT!r}")
   spec = SamSpec.from_dict(document["sam"], source=spec_path)
-  adapter_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
-  unknown = sorted(set(document.get("adapters", {})) - adapter_fields)
-  if unknown:
-    raise SptUserError(f"{spec_path}: unknown adapter field(s) {unknown}")
-  adapters = AdapterSpec(**document.get("adapters", {}))
+  adapters = AdapterSpec(**known_fields(AdapterSpec, document.get("adapters", {}),
+                                         f"{spec_path}: adapters"))
   metadata = {k: v for k, v in document.items() if k not in ("format", "sam", "adapters")}
   return spec, adapters, metadata
 

@@ -69,6 +69,7 @@ from spt_jax.data import resize
 from spt_jax.data import synthetic
 from spt_jax import transforms
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 
 SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_DIR = os.path.join("~", ".cache", "spt_jax", "synthetic")
@@ -127,11 +128,7 @@ class DataConfig:
     """
     if isinstance(config, cls):
       return config
-    fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise SptUserError(f"data config keys {unknown}: expected some of {sorted(known)}")
+    fields = known_fields(cls, config, "data config")
     if "prompt" in fields:
       fields["prompt"] = prompts.prompt_config_from(fields["prompt"])
     if "categories" in fields:

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +99,8 @@ def prompt_config(mode: str = "box", **overrides) -> PromptConfig:
   """The PRESETS[mode] config with `overrides` (PromptConfig field names) applied."""
   if mode not in PRESETS:
     raise SptUserError(f"prompt mode {mode!r}: expected one of {sorted(PRESETS)}")
-  fields = {f.name for f in dataclasses.fields(PromptConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise SptUserError(f"prompt config keys {unknown}: expected some of {sorted(fields)}")
-  return PromptConfig(**{**PRESETS[mode], **overrides})
+  return PromptConfig(**{**PRESETS[mode], **known_fields(PromptConfig, overrides,
+                                                          "prompt config")})
 
 
 def prompt_config_from(mapping: Mapping[str, Any] | PromptConfig) -> PromptConfig:

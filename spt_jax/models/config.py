@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +91,12 @@ class SamSpec:
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any], source: str = "model spec") -> "SamSpec":
-    """Inverse of `to_dict`; unknown or missing fields are a `SptUserError`."""
-    data = dict(data)
-    encoder = dict(data.pop("encoder", {}))
-    _check_fields(EncoderSpec, encoder, f"{source}: encoder")
-    _check_fields(cls, data, source)
+    """Inverse of `to_dict`; unknown fields are a `SptUserError`."""
+    data = known_fields(cls, data, source)
+    encoder = known_fields(EncoderSpec, data.pop("encoder", {}), f"{source}: encoder")
     if "global_attn_indexes" in encoder:
       encoder["global_attn_indexes"] = tuple(encoder["global_attn_indexes"])
     return cls(encoder=EncoderSpec(**encoder), **data).validate()
-
-
-def _check_fields(spec_type, data, source):
-  known = {f.name for f in dataclasses.fields(spec_type)} - {"encoder"}
-  unknown = sorted(set(data) - known)
-  if unknown:
-    raise SptUserError(f"{source}: unknown field(s) {unknown}; expected some of {sorted(known)}")
 
 
 _PRESET_ENCODERS = {

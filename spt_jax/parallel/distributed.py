@@ -22,6 +22,7 @@ from absl import logging
 import jax
 
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 
 ENV_ENABLED = "SPT_DISTRIBUTED"
 ENV_NUM_PROCESSES = "SPT_NUM_PROCESSES"
@@ -57,11 +58,7 @@ class DistributedSpec:
     """From itself, a mapping or a ConfigDict of its fields (unknown keys are an error)."""
     if isinstance(config, cls):
       return config
-    fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise SptUserError(f"mesh.distributed keys {unknown}: expected some of {sorted(known)}")
+    fields = known_fields(cls, config, "mesh.distributed")
     if "local_device_ids" in fields:
       fields["local_device_ids"] = tuple(fields["local_device_ids"] or ())
     return cls(**fields).check()

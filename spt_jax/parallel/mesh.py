@@ -27,6 +27,7 @@ from jax.sharding import AxisType, Mesh
 import ml_collections
 
 from spt_jax.errors import SptUserError
+from spt_jax.fields import known_fields
 from spt_jax.parallel.distributed import DistributedSpec
 from spt_jax.parallel.rules import ShardingRules
 
@@ -56,11 +57,7 @@ class MeshSpec:
     """From itself, a mapping or an ml_collections ConfigDict of its fields."""
     if isinstance(config, cls):
       return config
-    fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise SptUserError(f"mesh config keys {unknown}: expected some of {sorted(known)}")
+    fields = known_fields(cls, config, "mesh config")
     for key in ("shape", "axes", "dcn_shape"):
       if key in fields:
         fields[key] = tuple(fields[key] or ())

@@ -167,7 +167,7 @@ def test_bad_config_values(tmp_path):
     pipeline.make_pipeline({**base, "categories": ["cable"]})
   with pytest.raises(SptUserError, match=r"no split 'validation'"):
     pipeline.make_pipeline({**base, "split": "validation"})
-  with pytest.raises(SptUserError, match=r"data config keys \['imagesize'\]"):
+  with pytest.raises(SptUserError, match=r"data config: unknown key\(s\) \['imagesize'\]"):
     pipeline.make_pipeline({**base, "imagesize": 3})
   with pytest.raises(SptUserError, match=r"on_bad_input='ignore'"):
     pipeline.make_pipeline({**base, "on_bad_input": "ignore"})

@@ -150,7 +150,7 @@ def test_prompts_are_deterministic_by_seed(mode):
 def test_bad_prompt_configs():
   with pytest.raises(SptUserError, match="prompt mode 'boxes'"):
     prompts.prompt_config("boxes")
-  with pytest.raises(SptUserError, match=r"prompt config keys \['points'\]"):
+  with pytest.raises(SptUserError, match=r"prompt config: unknown key\(s\) \['points'\]"):
     prompts.prompt_config("points", points=3)
   with pytest.raises(SptUserError, match="max_prompts must be 1 unless per_region"):
     prompts.prompt_config(max_prompts=2).check(S)

@@ -50,7 +50,7 @@ def test_config_block_overrides_are_read():
     (dict(rules=dict(order=[])), "mesh.rules"),
     (dict(distributed=dict(cpu_collectives="nccl")), "mesh.distributed.cpu_collectives"),
     (dict(distributed=dict(port=1234)), "mesh.distributed"),
-    (dict(mesh_shape=(8,)), "mesh config keys"),
+    (dict(mesh_shape=(8,)), "mesh config: unknown key"),
 ])
 def test_config_mistakes_name_the_field(fields, field):
   with pytest.raises(SptUserError, match=field.replace("(", r"\(").replace(".", r"\.")):
