@@ -4,15 +4,16 @@
 #
 #   TPU_NAME=spt-v5p-64 ZONE=us-east5-a [PROJECT=my-project] \
 #   [CREATE=1 ACCELERATOR=v5p-64 RUNTIME=v2-alpha-tpuv5 [SPOT=1]] [INSTALL=1] \
-#     launch/tpu_pod.sh --config=configs/visa.py:vit_h --workdir=gs://my-bucket/runs/visa_h \
+#     launch/tpu_pod.sh --config=configs/visa.py:vit_h --workdir=/mnt/my-bucket/runs/visa_h \
 #       --config.mesh.shape='(1,-1,1)'
 #
 # Steps: create the slice (CREATE=1), copy this checkout (git archive of HEAD) to every
 # host and install it with the TPU extra (INSTALL=1, the default), then run
 # `python -m spt_jax.main ARGS` on all hosts with SPT_DISTRIBUTED=1: JAX finds the
 # coordinator, the process count and each host's id from the TPU metadata. The workdir
-# must be shared by all hosts (a gs:// bucket): every host writes its checkpoint shards
-# through Orbax; only process 0 writes logs and reports.
+# must be one path shared by all hosts (a bucket mounted with Cloud Storage FUSE on
+# every host): every host writes its checkpoint shards through Orbax; only process 0
+# writes logs and reports.
 set -euo pipefail
 
 : "${TPU_NAME:?set TPU_NAME}"
