@@ -13,6 +13,8 @@ setuptools.setup(
     version="0.1.0",
     description="Promptable industrial anomaly segmentation: SAM + SPT in JAX/Flax.",
     packages=setuptools.find_packages(include=["spt_jax", "spt_jax.*", "weights_conversion", "configs"]),
+    # The embedded pretrained base (config.model.base='embedded'): weights and recipe.
+    package_data={"spt_jax": ["assets/tiny_sam/**/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",

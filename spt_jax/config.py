@@ -85,7 +85,9 @@ def data_defaults(**overrides) -> ml_collections.ConfigDict:
   """A data block (DataConfig fields that configs usually set)."""
   fields = dict(dataset="synthetic", manual_dir="", data_dir="",
                 dataset_options=ml_collections.ConfigDict(), split="test", categories=(),
-                resize="sam", augment=False, prompt=prompt_defaults(), keep_normal=False,
+                resize="sam", augment=False, hflip_probability=0.5, lsj_min_scale=0.1,
+                lsj_max_scale=2.0, crop_to_defect=True, prompt=prompt_defaults(),
+                keep_normal=False,
                 original_canvas=0, seed=0, shuffle=False, batch_size=1,
                 drop_remainder=False, worker_count=0, on_bad_input="error")
   fields.update(overrides)

@@ -10,6 +10,7 @@ the field or file (exit code 2).
 """
 
 import difflib
+import logging as std_logging
 import os
 import sys
 import tempfile
@@ -89,6 +90,20 @@ def _run(config, workdir: str, mode: str) -> None:
   jobs.run(config, workdir, mode)
 
 
+class _LibraryChatterFilter(std_logging.Filter):
+  """Drops the INFO records of the checkpointing library (every save logs a dozen)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
+
+
+def _set_up_logging() -> None:
+  """INFO for this project's messages; libraries' INFO too only at --verbosity >= 1."""
+  if logging.get_verbosity() < logging.DEBUG:
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_LibraryChatterFilter())
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --flag=value")
@@ -101,7 +116,7 @@ def main(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_main_process():
     print(f"workdir: {workdir}", flush=True)
-  logging.set_verbosity(logging.INFO)
+  _set_up_logging()
   if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(_COMPILATION_CACHE.value))

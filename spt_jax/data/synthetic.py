@@ -70,7 +70,7 @@ def _smooth_taps(size: int, cell: float, offset: float):
   return left, left + 1, (t * t * (3 - 2 * t))[:, None]
 
 
-def _value_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
+def value_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
   """float32 (S, S) smooth value noise with features about `cell` pixels wide, unit std."""
   cells = int(np.ceil(size / cell)) + 2
   coarse = rng.standard_normal((cells, cells)).astype(np.float32)
@@ -81,7 +81,7 @@ def _value_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray
   return (fine - fine.mean()) / (fine.std() + 1e-6)
 
 
-def _streaks(rng: np.random.Generator, size: int, length: float) -> np.ndarray:
+def streaks(rng: np.random.Generator, size: int, length: float) -> np.ndarray:
   """float32 (S, S) noise stretched along x (streaks about `length` pixels long)."""
   columns = int(np.ceil(size / length)) + 2
   coarse = rng.standard_normal((size, columns)).astype(np.float32)
@@ -97,7 +97,7 @@ def _colour(rng: np.random.Generator, base: Sequence[float], jitter: float = 0.0
       np.float32)
 
 
-def _lighting(rng: np.random.Generator, size: int, strength: float = 0.08) -> np.ndarray:
+def lighting(rng: np.random.Generator, size: int, strength: float = 0.08) -> np.ndarray:
   """float32 (S, S, 1) gentle linear light gradient around 1."""
   y, x = _grid(size) / size - 0.5
   angle = rng.uniform(0, 2 * np.pi)
@@ -136,7 +136,7 @@ def _blob(rng: np.random.Generator, center, radius: float, size: int,
   """bool (S, S): an irregular blob of about `radius` around center (y, x)."""
   y, x = _grid(size)
   distance = np.hypot(y - center[0], x - center[1]) / radius
-  wobble = _value_noise(rng, size, max(radius * 0.6, 2.0))
+  wobble = value_noise(rng, size, max(radius * 0.6, 2.0))
   return distance + roughness * wobble < 1
 
 
@@ -188,30 +188,30 @@ def _woven(rng, size):
   warp = _colour(rng, (0.62, 0.48, 0.30)) * (shade_warp * thread_var[col % 64])[:, :, None]
   weft = _colour(rng, (0.55, 0.44, 0.33)) * (shade_weft * thread_var[row % 64])[:, :, None]
   image = np.where(warp_on_top[:, :, None], warp, weft)
-  image = 0.12 + 0.88 * image + 0.015 * _value_noise(rng, size, 2 * u)[:, :, None]
-  return _texture(image * _lighting(rng, size))
+  image = 0.12 + 0.88 * image + 0.015 * value_noise(rng, size, 2 * u)[:, :, None]
+  return _texture(image * lighting(rng, size))
 
 
 def _brushed_metal(rng, size):
   u = size / 256
   y, _ = _grid(size)
-  level = (0.58 + 0.05 * _streaks(rng, size, 40 * u) + 0.02 * _streaks(rng, size, 6 * u)
+  level = (0.58 + 0.05 * streaks(rng, size, 40 * u) + 0.02 * streaks(rng, size, 6 * u)
            + 0.07 * np.cos(2 * np.pi * (y / size * rng.uniform(0.5, 1) + rng.uniform())))
   image = level[:, :, None] * _colour(rng, (0.98, 1.0, 1.04), 0.01)
-  return _texture(image * _lighting(rng, size, 0.12))
+  return _texture(image * lighting(rng, size, 0.12))
 
 
 def _wood(rng, size):
   u = size / 256
   y, x = _grid(size)
   bend = 0.25 * (x - rng.uniform(0, size)) ** 2 / size
-  rings = (y + bend + 10 * u * _value_noise(rng, size, 40 * u)) / (16 * u * rng.uniform(0.85, 1.15))
+  rings = (y + bend + 10 * u * value_noise(rng, size, 40 * u)) / (16 * u * rng.uniform(0.85, 1.15))
   late_wood = (rings - np.floor(rings)) ** 3
-  grain = 0.04 * _streaks(rng, size, 25 * u)
-  t = np.clip(0.75 * late_wood + 0.15 * _value_noise(rng, size, 60 * u) * 0.5 + grain, 0, 1)
+  grain = 0.04 * streaks(rng, size, 25 * u)
+  t = np.clip(0.75 * late_wood + 0.15 * value_noise(rng, size, 60 * u) * 0.5 + grain, 0, 1)
   light, dark = _colour(rng, (0.80, 0.60, 0.40)), _colour(rng, (0.48, 0.29, 0.15))
   image = light * (1 - t[:, :, None]) + dark * t[:, :, None]
-  return _texture(image * _lighting(rng, size))
+  return _texture(image * lighting(rng, size))
 
 
 def _granular(rng, size):
@@ -220,10 +220,10 @@ def _granular(rng, size):
   grains /= grains.std()
   pores = ndimage.binary_dilation(rng.random((size, size)) < 0.002 / u ** 2,
                                   structure=_disk(1.2 * u))
-  level = (0.62 + 0.09 * grains + 0.05 * _value_noise(rng, size, 20 * u)
+  level = (0.62 + 0.09 * grains + 0.05 * value_noise(rng, size, 20 * u)
            - 0.25 * ndimage.gaussian_filter(pores.astype(np.float32), 0.7))
   image = level[:, :, None] * _colour(rng, (1.15, 1.05, 0.85))
-  return _texture(image * _lighting(rng, size))
+  return _texture(image * lighting(rng, size))
 
 
 def _printed(rng, size):
@@ -238,12 +238,12 @@ def _printed(rng, size):
   dots = np.hypot(y - cy, x - cx) < 5.5 * u
   lines = np.abs(((y + oy) % (2 * spacing)) - spacing) < 0.9 * u
   paper = _colour(rng, (0.95, 0.94, 0.90), 0.01) * (
-      1 + 0.015 * _value_noise(rng, size, 3 * u))[:, :, None]
+      1 + 0.015 * value_noise(rng, size, 3 * u))[:, :, None]
   ink_dots, ink_lines = _colour(rng, (0.15, 0.30, 0.72)), _colour(rng, (0.80, 0.18, 0.20))
   image = np.where(dots[:, :, None], ink_dots, paper)
   image = np.where(lines[:, :, None], ink_lines, image)
   image = ndimage.gaussian_filter(image, (0.6 * u, 0.6 * u, 0))
-  return _texture(image * _lighting(rng, size, 0.05))
+  return _texture(image * lighting(rng, size, 0.05))
 
 
 def _wire_mesh(rng, size):
@@ -257,14 +257,14 @@ def _wire_mesh(rng, size):
   cells = np.floor((y + x) / period).astype(np.int64) % 2 == 0
   top = np.where(cells, wire_x, wire_y)
   level = 0.14 + 0.6 * np.maximum(np.sqrt(top), 0.8 * np.sqrt(np.maximum(wire_x, wire_y)))
-  level = level + 0.02 * _value_noise(rng, size, 8 * u)
-  return _texture(np.repeat(level[:, :, None], 3, axis=2) * _lighting(rng, size, 0.15))
+  level = level + 0.02 * value_noise(rng, size, 8 * u)
+  return _texture(np.repeat(level[:, :, None], 3, axis=2) * lighting(rng, size, 0.15))
 
 
 def _background(rng, size, base):
   u = size / 256
-  level = 1 + 0.04 * _value_noise(rng, size, 30 * u)
-  return _colour(rng, base, 0.01) * level[:, :, None] * _lighting(rng, size, 0.1)
+  level = 1 + 0.04 * value_noise(rng, size, 30 * u)
+  return _colour(rng, base, 0.01) * level[:, :, None] * lighting(rng, size, 0.1)
 
 
 def _washer(rng, size):
@@ -277,7 +277,7 @@ def _washer(rng, size):
   light = rng.uniform(0, 2 * np.pi)
   facing = np.cos(np.arctan2(y - cy, x - cx) - light)
   level = (0.55 + 0.18 * facing * (r - inner) / (outer - inner)
-           + 0.03 * np.sin(2 * np.pi * r / (3 * u)) + 0.02 * _streaks(rng, size, 10 * u))
+           + 0.03 * np.sin(2 * np.pi * r / (3 * u)) + 0.02 * streaks(rng, size, 10 * u))
   background = _background(rng, size, (0.12, 0.13, 0.16))
   metal = level[:, :, None] * _colour(rng, (1.0, 1.0, 1.03), 0.01)
   return Scene(np.clip(np.where(part[:, :, None], metal, background), 0, 1), part, background)
@@ -296,7 +296,7 @@ def _plate(rng, size):
   holes = np.hypot(np.abs(v) - half_v + 0.1 * size, np.abs(w) - half_w + 0.1 * size) < 0.045 * size
   part = ~outside & ~holes
   paint = _colour(rng, (0.20, 0.36, 0.62)) * (
-      1 + 0.08 * v / half_v + 0.02 * _value_noise(rng, size, 12 * u))[:, :, None]
+      1 + 0.08 * v / half_v + 0.02 * value_noise(rng, size, 12 * u))[:, :, None]
   background = _background(rng, size, (0.80, 0.80, 0.78))
   return Scene(np.clip(np.where(part[:, :, None], paint, background), 0, 1), part, background)
 

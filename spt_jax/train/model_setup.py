@@ -23,10 +23,10 @@ from spt_jax.spt.model import Spt, sam_params_to_spt
 
 # A small SAM-architecture model for laptop runs and tests (256 px, 16x16 tokens).
 TINY_SPEC = SamSpec(
-    encoder=EncoderSpec(image_size=256, patch_size=16, embed_dim=192, depth=4,
+    encoder=EncoderSpec(image_size=256, patch_size=16, embed_dim=128, depth=4,
                         num_heads=4, window_size=8, global_attn_indexes=(1, 3),
                         out_chans=128),
-    prompt_embed_dim=128, mask_in_chans=16, decoder_mlp_dim=512, decoder_num_heads=4,
+    prompt_embed_dim=128, mask_in_chans=16, decoder_mlp_dim=256, decoder_num_heads=4,
     iou_head_hidden_dim=128)
 
 # config.model.base 'embedded': TINY_SPEC pretrained on generated shapes, shipped in the

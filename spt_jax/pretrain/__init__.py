@@ -1,0 +1,1 @@
+"""Pretraining a tiny SAM from random init on generated shapes (`python -m spt_jax.pretrain`)."""
