@@ -21,6 +21,7 @@ from spt_jax import config as config_lib
 from spt_jax import jobs
 from spt_jax.errors import SptUserError, exit_code
 from spt_jax.evaluate import reports
+from spt_jax.log_setup import set_up_logging
 
 _CONFIG = flags.DEFINE_string("config", "configs/default.py",
                               "Config file whose variant selects the method.")
@@ -59,6 +60,7 @@ def compare(config_file: str, methods: list[str], extra_variant: str, workdir: s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  set_up_logging()
   sys.exit(exit_code(compare, _CONFIG.value, _METHODS.value, _VARIANT.value, _WORKDIR.value))
 
 

@@ -16,7 +16,8 @@ from spt_jax.pretrained import load_spec
 from spt_jax.train.model_setup import base_directory, setup_model, spec_for, zero_shot_setup
 
 
-def _image_size(config) -> int:
+def model_image_size(config) -> int:
+  """Input size of the configured model: its base directory's spec, else model.type."""
   if config.model.base:
     return load_spec(base_directory(config.model.base))[0].image_size
   return spec_for(config.model.type).image_size
@@ -49,7 +50,7 @@ def check_config(config, mode: str) -> None:
         f"model.base is empty: a {config.model.type} model needs Meta's weights; convert "
         "them with `python -m weights_conversion.convert_sam` and pass "
         "--config.model.base=<output dir>")
-  image_size = _image_size(config)
+  image_size = model_image_size(config)
   if mode in ("train_and_eval", "train"):
     train_data = config_lib.to_data_config(config.data.train, image_size,
                                            num_epochs=None).check()

@@ -10,14 +10,12 @@ the field or file (exit code 2).
 """
 
 import difflib
-import logging as std_logging
 import os
 import sys
 import tempfile
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
@@ -26,6 +24,7 @@ from configs import CONFIG_DIR
 from spt_jax import config as config_lib
 from spt_jax import parallel
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
+from spt_jax.log_setup import set_up_logging
 
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
 # No default here: config_flags would load it and apply --config.* overrides while this
@@ -90,20 +89,6 @@ def _run(config, workdir: str, mode: str) -> None:
   jobs.run(config, workdir, mode)
 
 
-class _LibraryChatterFilter(std_logging.Filter):
-  """Drops the INFO records of the checkpointing library (every save logs a dozen)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
-
-
-def _set_up_logging() -> None:
-  """INFO for this project's messages; libraries' INFO too only at --verbosity >= 1."""
-  if logging.get_verbosity() < logging.DEBUG:
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_LibraryChatterFilter())
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --flag=value")
@@ -116,7 +101,7 @@ def main(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_main_process():
     print(f"workdir: {workdir}", flush=True)
-  _set_up_logging()
+  set_up_logging()
   if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(_COMPILATION_CACHE.value))

@@ -12,7 +12,6 @@ from configs import CONFIG_DIR
 from spt_jax import config as config_lib
 from spt_jax import jobs
 from spt_jax.errors import SptUserError
-from spt_jax.train.model_setup import spec_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
@@ -30,7 +29,7 @@ def test_shipped_config_builds_and_validates(path, variant):
   config = config_flags.config_flags._LoadConfigModule(
       "config", path).get_config(variant)
   assert config.is_locked
-  image_size = spec_for(config.model.type).image_size
+  image_size = jobs.model_image_size(config)
   for block, epochs in ((config.data.train, None), (config.data.eval, 1)):
     config_lib.to_data_config(block, image_size, epochs).check()
   assert config.data.eval.original_canvas >= image_size or config.data.eval.dataset != "synthetic"

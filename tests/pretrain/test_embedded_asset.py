@@ -13,10 +13,11 @@ from spt_jax.pretrain import shapes
 from spt_jax.pretrained import load_pretrained
 from spt_jax.train.model_setup import EMBEDDED_BASE, TINY_SPEC
 
-# Measured box IoU on held-out shapes is in spt_jax/assets/tiny_sam/RECIPE.md; a random
-# model scores below 0.1. The margin covers the small sample.
-MIN_BOX_IOU = 0.6
-NUM_SHAPES = 12
+# Box IoU of the shipped model through SamPredictor, measured: 0.515 on these first 64
+# held-out shapes (0.570 on the 256 of RECIPE.md); per-shape IoU varies a lot (0.09 to
+# 0.72 on the first 12), hence 64 shapes and a margin.
+MIN_BOX_IOU = 0.45
+NUM_SHAPES = 64
 
 
 def test_asset_has_the_documented_spec_and_float32_weights():
@@ -49,4 +50,4 @@ def test_asset_segments_held_out_shapes():
 
 def test_embedded_base_resolves_in_the_main_job():
   config = ml_collections.ConfigDict({"model": {"base": "embedded", "type": "vit_h"}})
-  assert jobs._image_size(config) == TINY_SPEC.image_size  # pylint: disable=protected-access
+  assert jobs.model_image_size(config) == TINY_SPEC.image_size
