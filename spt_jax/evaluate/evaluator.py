@@ -42,6 +42,17 @@ def step_names(num_steps: int) -> tuple[str, ...]:
       f"step{i}" for i in range(num_steps - 1)) + ("final",)
 
 
+def overlay_indices(count: int, total: int) -> frozenset[int]:
+  """`count` example indices spread evenly over 0..total-1 (all of them when fewer).
+
+  The evaluation data are ordered by category, so the first `count` images would show
+  one category only.
+  """
+  if count >= total:
+    return frozenset(range(total))
+  return frozenset(int(i) for i in np.linspace(0, total - 1, max(count, 0)).round())
+
+
 def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: int,
                        original_len: int, canvas: int) -> np.ndarray:
   """(canvas, low_res) matrix: low-res logits -> original pixels (rows past H0 zero)."""
@@ -132,6 +143,8 @@ class Evaluator:
     accumulators = collections.defaultdict(
         lambda: anomaly_metrics.PixelScoreAccumulator(self.config.eval.score_bins))
     done, total = 0, pipeline.num_local_examples
+    # Overlays come from the main process's share (one writer per file name).
+    with_overlay = overlay_indices(num_overlays if parallel.is_main_process() else 0, total)
     for batch in pipeline:
       rows, cols = self._matrices(batch)
       metrics, probabilities, logits = self._forward(
@@ -146,7 +159,7 @@ class Evaluator:
           truth = batch["original_mask"][b, :height, :width] > 0
           for s, step in enumerate(self.steps):
             accumulators[category, step].add(probabilities[b, s, 0, :height, :width], truth)
-        if done + b < num_overlays:
+        if done + b in with_overlay:
           self._save_overlay(batch, b, logits[b, :, 0], done + b)
       done += len(batch["image"])
       print(f"\reval {dataset}: {done}/{total} images", end="", flush=True)
