@@ -473,6 +473,25 @@ def _save_png(array: np.ndarray, path: pathlib.Path):
   Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
+def category_images(category: str, *, image_size: int, num_train: int, num_test_good: int,
+                    num_test_per_defect: int, seed: int):
+  """Yields (split, folder, n, image, mask) for every image of one category.
+
+  In `write_tree`'s order and with its per-image seeds: split 'train' or 'test', folder
+  'good' or the defect type, n the index within the folder; image uint8 (S, S, 3) or
+  (S, S) for grayscale categories; mask bool (S, S), None for normal images.
+  """
+  c = CATEGORY_NAMES.index(category)
+  jobs = [("train", "good", None, 0, num_train), ("test", "good", None, 1, num_test_good)]
+  jobs += [("test", d, d, 2 + DEFECTS.index(d), num_test_per_defect)
+           for d in CATEGORIES[category].defects]
+  for split, folder, defect, code, count in jobs:
+    for n in range(count):
+      image, mask = render(category, defect, image_size,
+                           np.random.default_rng([seed, c, code, n]))
+      yield split, folder, n, image, None if defect is None else mask
+
+
 def write_tree(root: str | os.PathLike, categories: Sequence[str] = CATEGORY_NAMES, *,
                image_size: int = 256, num_train: int = 4, num_test_good: int = 2,
                num_test_per_defect: int = 2, seed: int = 0) -> None:
@@ -483,18 +502,13 @@ def write_tree(root: str | os.PathLike, categories: Sequence[str] = CATEGORY_NAM
   """
   root = pathlib.Path(root)
   for category in categories:
-    c = CATEGORY_NAMES.index(category)
-    jobs = [("train", "good", None, 0, num_train), ("test", "good", None, 1, num_test_good)]
-    jobs += [("test", d, d, 2 + DEFECTS.index(d), num_test_per_defect)
-             for d in CATEGORIES[category].defects]
-    for split, folder, defect, code, count in jobs:
-      for n in range(count):
-        rng = np.random.default_rng([seed, c, code, n])
-        image, mask = render(category, defect, image_size, rng)
-        _save_png(image, root / category / split / folder / f"{n:03d}.png")
-        if defect is not None:
-          _save_png(mask.astype(np.uint8) * 255,
-                    root / category / "ground_truth" / folder / f"{n:03d}_mask.png")
+    for split, folder, n, image, mask in category_images(
+        category, image_size=image_size, num_train=num_train, num_test_good=num_test_good,
+        num_test_per_defect=num_test_per_defect, seed=seed):
+      _save_png(image, root / category / split / folder / f"{n:03d}.png")
+      if mask is not None:
+        _save_png(mask.astype(np.uint8) * 255,
+                  root / category / "ground_truth" / folder / f"{n:03d}_mask.png")
 
 
 @dataclasses.dataclass(frozen=True)

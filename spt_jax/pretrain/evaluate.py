@@ -12,14 +12,11 @@ anomaly_zero_shot   the generated anomaly set's test split (`spt_jax.data.synthe
 """
 
 import dataclasses
-import os
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from spt_jax.data import synthetic
 from spt_jax.data.prompts import mask_box
@@ -73,27 +70,20 @@ def held_out_shapes(model: Sam, variables: dict[str, Any], num_examples: int = 2
   return out
 
 
-def _read_rgb(path: str) -> np.ndarray:
-  return np.asarray(Image.open(path).convert("RGB"))
-
-
 def anomaly_zero_shot(predictor: SamPredictor, num_per_defect: int = 6) -> dict[str, Any]:
   """Box-prompt IoU per category of the generated anomaly set's test split."""
   per_category = {}
-  with tempfile.TemporaryDirectory() as root:
-    synthetic.write_tree(root, image_size=256, num_train=0, num_test_good=0,
-                         num_test_per_defect=num_per_defect, seed=ANOMALY_SEED)
-    for category, spec in synthetic.CATEGORIES.items():
-      ious = []
-      for defect in spec.defects:
-        for n in range(num_per_defect):
-          image = _read_rgb(os.path.join(root, category, "test", defect, f"{n:03d}.png"))
-          mask = np.asarray(Image.open(os.path.join(
-              root, category, "ground_truth", defect, f"{n:03d}_mask.png"))) > 127
-          predictor.set_image(image)
-          masks, _, _ = predictor.predict(box=mask_box(mask), multimask_output=False)
-          ious.append(iou_np(masks[0], mask))
-      per_category[category] = float(np.mean(ious))
+  for category in synthetic.CATEGORY_NAMES:
+    ious = []
+    for _, _, _, image, mask in synthetic.category_images(
+        category, image_size=256, num_train=0, num_test_good=0,
+        num_test_per_defect=num_per_defect, seed=ANOMALY_SEED):
+      if image.ndim == 2:  # a grayscale category
+        image = np.repeat(image[:, :, None], 3, axis=2)
+      predictor.set_image(image)
+      masks, _, _ = predictor.predict(box=mask_box(mask), multimask_output=False)
+      ious.append(iou_np(masks[0], mask))
+    per_category[category] = float(np.mean(ious))
   return {"box_iou": per_category, "mean_box_iou": float(np.mean(list(per_category.values()))),
           "num_per_defect": num_per_defect}
 
