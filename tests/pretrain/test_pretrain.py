@@ -27,6 +27,13 @@ def test_existing_model_in_output_stops_before_training(tmp_path, capsys):
   assert "--output" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--eval-examples", "--eval-per-defect"])
+def test_bad_evaluation_option_stops_before_training(tmp_path, capsys, option):
+  assert cli.main(["--output", str(tmp_path / "model"), option, "0"]) == USER_ERROR_EXIT_CODE
+  assert f"{option}=0" in capsys.readouterr().err
+  assert not (tmp_path / "model").exists()
+
+
 def test_short_run_writes_a_sam_directory(tmp_path):
   output = str(tmp_path / "model")
   spec = PretrainSpec(steps=2, batch_size=2, num_targets=2, max_points=1, log_every=1)
