@@ -1,9 +1,12 @@
 """Helpers shared by the benchmarks: timing, Meta's reference code, converted weights."""
 
+import argparse
 import os
 import sys
 import time
 from typing import Callable
+
+from spt_jax import host_memory
 
 _TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
@@ -14,6 +17,21 @@ def import_meta_reference():
     sys.path.insert(0, _TESTS_DIR)
   import meta_reference  # pylint: disable=g-import-not-at-top
   return meta_reference
+
+
+def add_host_malloc_flag(parser: argparse.ArgumentParser) -> None:
+  """--host-malloc: the process's malloc policy, shared by both frameworks measured."""
+  parser.add_argument(
+      "--host-malloc", default="keep", choices=host_memory.POLICIES,
+      help="'keep' (as spt_jax's jobs run: freed memory stays in the process) or "
+           "'system' (the C library's defaults); applies to PyTorch and JAX alike")
+
+
+def apply_host_malloc(args: argparse.Namespace) -> str:
+  """Applies --host-malloc before any framework allocates; returns a line for the header."""
+  applied = host_memory.keep_freed_memory(args.host_malloc)
+  return f"host malloc {args.host_malloc}" + ("" if applied == (args.host_malloc == "keep")
+                                              else " (not applicable here)")
 
 
 def min_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:

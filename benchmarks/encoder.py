@@ -1,6 +1,7 @@
 r"""SAM image encoder forward: Meta's PyTorch vs spt_jax, same weights, same image.
 
-    python -m benchmarks.encoder --model vit_b [--runs 3] [--query-chunk 1024]
+    python -m benchmarks.encoder --model vit_b [--runs 3] [--query-chunk 1024] \
+        [--host-malloc keep|system]
 
 Prints the minimum time of several runs after a warm-up for each, the JAX compile
 time, the max abs difference of the embeddings, and the ratio torch / jax.
@@ -12,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import import_meta_reference, min_time, timed
+from benchmarks.common import (add_host_malloc_flag, apply_host_malloc, import_meta_reference,
+                               min_time, timed)
 from spt_jax.models.config import sam_preset
 from spt_jax.models.sam import Sam, init_variables
 from weights_conversion.mapping import expected_shapes, state_dict_to_variables
@@ -24,7 +26,9 @@ def main():
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--query-chunk", type=int, default=Sam.query_chunk)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  add_host_malloc_flag(parser)
   args = parser.parse_args()
+  malloc_note = apply_host_malloc(args)
 
   reference = import_meta_reference()
   torch = reference.torch
@@ -53,7 +57,7 @@ def main():
                 torch_embedding.permute(0, 2, 3, 1).numpy()).max()
   print(f"model {args.model}, image {size}x{size}, dtype {args.dtype}, "
         f"query_chunk {args.query_chunk}, devices {jax.devices()}, "
-        f"torch threads {torch.get_num_threads()}")
+        f"torch threads {torch.get_num_threads()}, {malloc_note}")
   print(f"torch (Meta) encoder forward: {torch_time:8.2f} s (min of {args.runs})")
   print(f"jax  (spt_jax) encoder forward: {jax_time:8.2f} s (min of {args.runs}); "
         f"compile {compile_time:.1f} s")

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import import_meta_reference, min_time, timed
+from benchmarks.common import (add_host_malloc_flag, apply_host_malloc, import_meta_reference,
+                               min_time, timed)
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.models.config import sam_preset
 from spt_jax.models.prompts import Prompts
@@ -42,7 +43,9 @@ def main():
   parser.add_argument("--runs", type=int, default=2)
   parser.add_argument("--prompts", type=int, default=1, help="box prompts on the image")
   parser.add_argument("--remat", action="store_true", help="rematerialise encoder blocks")
+  add_host_malloc_flag(parser)
   args = parser.parse_args()
+  malloc_note = apply_host_malloc(args)
 
   reference = import_meta_reference()
   torch = reference.torch
@@ -91,7 +94,8 @@ def main():
   step_temp = compiled_step.memory_analysis().temp_size_in_bytes
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
   print(f"{args.model}, {size}x{size}, {args.prompts} box prompt(s), float32, "
-        f"remat {args.remat}, devices {jax.devices()}, torch threads {torch.get_num_threads()}")
+        f"remat {args.remat}, devices {jax.devices()}, torch threads {torch.get_num_threads()}, "
+        f"{malloc_note}")
   print(f"jax SPT forward:     {forward_time:7.2f} s  (compile {forward_compile:.1f} s, "
         f"temp {_mib(forward_temp):.0f} MiB)")
   print(f"jax SPT train step:  {step_time:7.2f} s  (compile {step_compile:.1f} s, "

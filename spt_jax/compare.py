@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from spt_jax import config as config_lib
+from spt_jax import host_memory
 from spt_jax import jobs
 from spt_jax.errors import SptUserError, exit_code
 from spt_jax.evaluate import reports
@@ -61,7 +62,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   set_up_logging()
-  sys.exit(exit_code(compare, _CONFIG.value, _METHODS.value, _VARIANT.value, _WORKDIR.value))
+  sys.exit(exit_code(host_memory.keep_freed_memory)  # before JAX starts its backend
+           or exit_code(compare, _CONFIG.value, _METHODS.value, _VARIANT.value,
+                        _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from configs import CONFIG_DIR
 from spt_jax import config as config_lib
+from spt_jax import host_memory
 from spt_jax import parallel
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 from spt_jax.log_setup import set_up_logging
@@ -93,6 +94,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --flag=value")
   try:
+    host_memory.keep_freed_memory()  # before JAX starts its backend
     parallel.maybe_initialize_distributed(
         parallel.MeshSpec.from_config(_CONFIG.value.mesh).distributed)
   except SptUserError as error:

@@ -5,11 +5,16 @@ conftest), which puts the test-only torchvision shim in place for Meta's code.
 
 The tests compile many small programs, several of them more than once (the same model
 initialised in different tests); a session-wide persistent compilation cache compiles
-each distinct program once.
+each distinct program once. The jobs' host memory policy applies to the tests too
+(spt_jax.host_memory; set before JAX starts its backend).
 """
 
-import jax
-import pytest
+from spt_jax import host_memory
+
+host_memory.keep_freed_memory()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -87,7 +87,7 @@ class EncoderAttention(nn.Module):
     qkv_layer = Dense(3 * dim, lora_rank=self.lora_rank, lora_scaling=self.lora_scaling,
                       num_slots=3, lora_slots=(0, 2), dtype=self.dtype, name="qkv")
     qkv = qkv_layer(x).reshape(batch, height, width, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    q, k, v = qkv.transpose(3, 0, 4, 1, 2, 5)  # each (B, H, h, w, C)
     rel_pos_h = self.param("rel_pos_h", nn.initializers.zeros,
                            (2 * self.rel_pos_grid[0] - 1, head_dim), jnp.float32)
     rel_pos_w = self.param("rel_pos_w", nn.initializers.zeros,
@@ -99,11 +99,12 @@ class EncoderAttention(nn.Module):
       tokens = self.variable(ADAPTERS, "vpt_tokens", lambda: 0.02 * jax.random.normal(
           self.make_rng("params"), (self.vpt_tokens, dim)))
       extra = qkv_layer(tokens.value).reshape(self.vpt_tokens, 3, self.num_heads, head_dim)
-      extra_kv = (extra[:, 1], extra[:, 2])
+      extra_kv = (extra[:, 1].swapaxes(0, 1), extra[:, 2].swapaxes(0, 1))  # (H, T, C)
     out = attention.grid_attention_with_rel_pos(q, k, v, table_h, table_w,
                                                 query_chunk=self.query_chunk,
                                                 extra_kv=extra_kv)
-    return Dense(dim, dtype=self.dtype, name="proj")(out.reshape(batch, height, width, dim))
+    out = out.transpose(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
+    return Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
 class EncoderBlock(nn.Module):

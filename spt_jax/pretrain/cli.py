@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Sequence
 
+from spt_jax import host_memory
 from spt_jax.errors import SptUserError, exit_code
 from spt_jax.models.config import SamSpec
 from spt_jax.models.sam import Sam
@@ -86,5 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       warmup_steps=args.warmup, weight_decay=args.weight_decay,
                       balanced_steps=args.balanced_steps, log_every=args.log_every)
   command = " ".join(["python -m spt_jax.pretrain"] + argv)
-  return exit_code(run, args.output, TINY_SPEC, spec, args.eval_examples,
-                   args.eval_per_defect, command)
+  return (exit_code(host_memory.keep_freed_memory)  # before JAX starts its backend
+          or exit_code(run, args.output, TINY_SPEC, spec, args.eval_examples,
+                       args.eval_per_defect, command))
