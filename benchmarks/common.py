@@ -23,15 +23,17 @@ def add_host_malloc_flag(parser: argparse.ArgumentParser) -> None:
   """--host-malloc: the process's malloc policy, shared by both frameworks measured."""
   parser.add_argument(
       "--host-malloc", default="keep", choices=host_memory.POLICIES,
-      help="'keep' (as spt_jax's jobs run: freed memory stays in the process) or "
-           "'system' (the C library's defaults); applies to PyTorch and JAX alike")
+      help="'keep' (as spt_jax's jobs run on a CPU: freed memory stays in the process), "
+           "'system' (the C library's defaults) or 'auto' (the jobs' rule); applies to "
+           "PyTorch and JAX alike")
 
 
 def apply_host_malloc(args: argparse.Namespace) -> str:
   """Applies --host-malloc before any framework allocates; returns a line for the header."""
-  applied = host_memory.keep_freed_memory(args.host_malloc)
-  return f"host malloc {args.host_malloc}" + ("" if applied == (args.host_malloc == "keep")
-                                              else " (not applicable here)")
+  policy = host_memory.resolve_policy(args.host_malloc)
+  applied = host_memory.keep_freed_memory(policy)
+  return f"host malloc {policy}" + ("" if applied or policy == "system"
+                                    else " (not applicable here)")
 
 
 def min_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:

@@ -1,7 +1,7 @@
 r"""SAM image encoder forward: Meta's PyTorch vs spt_jax, same weights, same image.
 
     python -m benchmarks.encoder --model vit_b [--runs 3] [--query-chunk 1024] \
-        [--host-malloc keep|system]
+        [--host-malloc keep|system|auto]
 
 Prints the minimum time of several runs after a warm-up for each, the JAX compile
 time, the max abs difference of the embeddings, and the ratio torch / jax.

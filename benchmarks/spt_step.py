@@ -1,6 +1,7 @@
 r"""SPT on ViT-B at 1024 on this machine: forward, train step, and the PyTorch reference.
 
-    python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1]
+    python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1] \
+        [--host-malloc keep|system|auto]
 
 Measures, after a warm-up, the minimum of several runs of
   - the spt_jax SPT forward (encoder + draft + refine) and its train step (forward,

@@ -10,18 +10,23 @@ that the process keeps its peak memory until it exits, which a training or
 evaluation job does anyway. PyTorch in the same process gains as much (benchmarks/).
 
 The setting is per process and only takes hold before the first thread allocates,
-so the jobs apply it first thing, before JAX starts its backend. Set
-SPT_JAX_HOST_MALLOC=system to keep the C library's defaults.
+so the jobs apply it first thing, before JAX starts its backend. It pays where the
+host runs the model: SPT_JAX_HOST_MALLOC=auto (the default) applies it when JAX can
+only use the CPU (JAX_PLATFORMS=cpu, or no accelerator plugin installed) and leaves
+accelerator hosts, whose host memory serves the many threads of the input pipeline, on
+the C library's defaults; 'keep' and 'system' force one or the other.
 """
 
 import ctypes
 import ctypes.util
+import importlib.metadata
+import importlib.util
 import os
 
 from spt_jax.errors import SptUserError
 
 ENV_VAR = "SPT_JAX_HOST_MALLOC"
-POLICIES = ("keep", "system")
+POLICIES = ("auto", "keep", "system")
 
 # mallopt parameters of glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -30,24 +35,37 @@ _M_ARENA_MAX = -8
 _NEVER = -1  # M_TRIM_THRESHOLD -1: never give the top of the heap back
 
 
-def configured_policy() -> str:
-  """The policy SPT_JAX_HOST_MALLOC asks for ('keep' when unset)."""
-  policy = os.environ.get(ENV_VAR, "keep").strip().lower() or "keep"
+def _cpu_only() -> bool:
+  """Whether JAX can only use the CPU, decided without starting a backend."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms == "cpu"
+  return not (importlib.metadata.entry_points(group="jax_plugins")
+              or importlib.util.find_spec("jax_plugins")
+              or importlib.util.find_spec("libtpu"))
+
+
+def resolve_policy(policy: str | None = None) -> str:
+  """'keep' or 'system': `policy`, else SPT_JAX_HOST_MALLOC (default 'auto'), resolved."""
+  if policy is None:
+    policy = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
   if policy not in POLICIES:
     raise SptUserError(f"{ENV_VAR}={policy!r}: expected one of {', '.join(POLICIES)}")
+  if policy == "auto":
+    return "keep" if _cpu_only() else "system"
   return policy
 
 
 def keep_freed_memory(policy: str | None = None) -> bool:
-  """Applies the 'keep' policy to glibc's malloc; True if it was applied.
+  """Applies the 'keep' policy to glibc's malloc if it is chosen; True if applied.
 
   Args:
-    policy: 'keep' or 'system'; None reads SPT_JAX_HOST_MALLOC.
+    policy: 'auto', 'keep' or 'system'; None reads SPT_JAX_HOST_MALLOC.
 
   Returns False (and changes nothing) for 'system', and where the C library is not
   glibc (macOS, musl), which manage large blocks their own way.
   """
-  if (policy or configured_policy()) == "system":
+  if resolve_policy(policy) == "system":
     return False
   libc_name = ctypes.util.find_library("c")
   if not libc_name:

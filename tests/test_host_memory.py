@@ -53,3 +53,18 @@ def test_bad_policy_names_the_variable(monkeypatch):
   monkeypatch.setenv(host_memory.ENV_VAR, "lots")
   with pytest.raises(SptUserError, match="SPT_JAX_HOST_MALLOC='lots'.*keep, system"):
     host_memory.keep_freed_memory()
+
+
+def test_auto_policy_keeps_memory_only_where_jax_runs_on_the_cpu(monkeypatch):
+  monkeypatch.delenv(host_memory.ENV_VAR, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert host_memory.resolve_policy() == "keep"
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  assert host_memory.resolve_policy() == "system"
+  assert host_memory.resolve_policy("keep") == "keep"
+  monkeypatch.delenv("JAX_PLATFORMS")
+  monkeypatch.setattr(host_memory.importlib.util, "find_spec",
+                      lambda name: object() if name == "libtpu" else None)
+  assert host_memory.resolve_policy("auto") == "system"
+  monkeypatch.setenv(host_memory.ENV_VAR, "keep")
+  assert host_memory.resolve_policy() == "keep"
