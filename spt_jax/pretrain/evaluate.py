@@ -22,10 +22,11 @@ from spt_jax.data import synthetic
 from spt_jax.data.prompts import mask_box
 from spt_jax.evaluate.metrics import iou_np, segmentation_metrics
 from spt_jax.models.prompts import Prompts
-from spt_jax.models.sam import Sam, normalize_and_mask
+from spt_jax.models.sam import Sam
 from spt_jax.ops.resize import resize_bilinear
 from spt_jax.predictor import SamPredictor
 from spt_jax.pretrain import shapes
+from spt_jax.pretrain.train import embed_square_images
 
 HELD_OUT_SEED = 0
 ANOMALY_SEED = 0
@@ -34,9 +35,7 @@ ANOMALY_SEED = 0
 def _held_out_forward(model: Sam, variables, batch):
   """-> {'box', 'points'}: (iou, boundary_iou, |predicted - actual IoU|) each (B,)."""
   size = batch["image"].shape[1]
-  sizes = jnp.full((batch["image"].shape[0], 2), size, jnp.int32)
-  embeddings = model.apply(variables, normalize_and_mask(batch["image"], sizes),
-                           method=Sam.embed_images)
+  embeddings, sizes = embed_square_images(model, variables, batch["image"])
   truth = batch["masks"][:, 0]
   results = {}
   for name, prompts in (("box", Prompts(boxes=batch["boxes"])),

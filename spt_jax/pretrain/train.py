@@ -136,6 +136,17 @@ def mask_loss(logits: jax.Array, targets: jax.Array, plain: jax.Array) -> jax.Ar
   return dice_loss(logits, targets) + plain * bce.mean(-1) + (1.0 - plain) * balanced
 
 
+def embed_square_images(model: Sam, variables, images: jax.Array):
+  """Embeddings of generated images that fill their S x S input (no padding).
+
+  images: uint8 (B, S, S, 3) -> (embeddings (B, s, s, C), input sizes (B, 2) all S).
+  """
+  sizes = jnp.full((images.shape[0], 2), images.shape[1], jnp.int32)
+  embeddings = model.apply(variables, normalize_and_mask(images, sizes),
+                           method=Sam.embed_images)
+  return embeddings, sizes
+
+
 def pretrain_loss(model: Sam, params, batch, step: jax.Array, spec: PretrainSpec):
   """Mean over prompts and passes of Dice + BCE + w * IoU error; metrics per group/pass.
 
@@ -143,10 +154,7 @@ def pretrain_loss(model: Sam, params, batch, step: jax.Array, spec: PretrainSpec
   (B, P, K, 2), point_labels (B, P, K) (`shapes.make_batch`).
   """
   variables = {"params": params}
-  size = batch["image"].shape[1]
-  sizes = jnp.full((batch["image"].shape[0], 2), size, jnp.int32)
-  embeddings = model.apply(variables, normalize_and_mask(batch["image"], sizes),
-                           method=Sam.embed_images)
+  embeddings, _ = embed_square_images(model, variables, batch["image"])
   low_res = model.spec.low_res_size
   targets = resize_bilinear(batch["masks"].astype(jnp.float32), (low_res, low_res))
   plain = jnp.minimum(1.0, step / max(spec.balanced_steps, 1))
