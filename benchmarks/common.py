@@ -6,7 +6,12 @@ import sys
 import time
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
+
 from spt_jax import host_memory
+from spt_jax.models.sam import Sam, init_variables
+from weights_conversion.mapping import expected_shapes, state_dict_to_variables
 
 _TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
@@ -19,21 +24,42 @@ def import_meta_reference():
   return meta_reference
 
 
-def add_host_malloc_flag(parser: argparse.ArgumentParser) -> None:
-  """--host-malloc: the process's malloc policy, shared by both frameworks measured."""
+def reference_benchmark_parser(doc: str, runs: int) -> argparse.ArgumentParser:
+  """A parser with the flags every benchmark against Meta's reference takes.
+
+  --model, --runs and --host-malloc: the process's malloc policy, shared by both
+  frameworks measured.
+  """
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+  parser.add_argument("--runs", type=int, default=runs)
   parser.add_argument(
       "--host-malloc", default="keep", choices=host_memory.POLICIES,
       help="'keep' (as spt_jax's jobs run on a CPU: freed memory stays in the process), "
            "'system' (the C library's defaults) or 'auto' (the jobs' rule); applies to "
            "PyTorch and JAX alike")
+  return parser
 
 
-def apply_host_malloc(args: argparse.Namespace) -> str:
-  """Applies --host-malloc before any framework allocates; returns a line for the header."""
+def start_reference_benchmark(parser: argparse.ArgumentParser):
+  """Parses the flags, applies --host-malloc before any framework allocates, imports Meta's
+  reference code. Returns (args, a line on the malloc policy for the header, the
+  tests' `meta_reference` module)."""
+  args = parser.parse_args()
   policy = host_memory.resolve_policy(args.host_malloc)
   applied = host_memory.keep_freed_memory(policy)
-  return f"host malloc {policy}" + ("" if applied or policy == "system"
-                                    else " (not applicable here)")
+  malloc_note = f"host malloc {policy}" + ("" if applied or policy == "system"
+                                           else " (not applicable here)")
+  return args, malloc_note, import_meta_reference()
+
+
+def meta_sam_with_variables(reference, spec):
+  """Meta's SAM of `spec` (random init) and the same weights as our Sam's variables."""
+  meta_model = reference.build_meta_sam(spec)
+  state = {k: v.numpy() for k, v in meta_model.state_dict().items()}
+  variables = state_dict_to_variables(state, expected_shapes(Sam(spec), init_variables),
+                                      "meta model")
+  return meta_model, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
 def min_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:

@@ -7,38 +7,26 @@ Prints the minimum time of several runs after a warm-up for each, the JAX compil
 time, the max abs difference of the embeddings, and the ratio torch / jax.
 """
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import (add_host_malloc_flag, apply_host_malloc, import_meta_reference,
-                               min_time, timed)
+from benchmarks.common import (meta_sam_with_variables, min_time, reference_benchmark_parser,
+                               start_reference_benchmark, timed)
 from spt_jax.models.config import sam_preset
-from spt_jax.models.sam import Sam, init_variables
-from weights_conversion.mapping import expected_shapes, state_dict_to_variables
+from spt_jax.models.sam import Sam
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
-  parser.add_argument("--runs", type=int, default=3)
+  parser = reference_benchmark_parser(__doc__, runs=3)
   parser.add_argument("--query-chunk", type=int, default=Sam.query_chunk)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  add_host_malloc_flag(parser)
-  args = parser.parse_args()
-  malloc_note = apply_host_malloc(args)
+  args, malloc_note, reference = start_reference_benchmark(parser)
 
-  reference = import_meta_reference()
   torch = reference.torch
   spec = sam_preset(args.model)
-  meta_model = reference.build_meta_sam(spec)
-  state = {k: v.numpy() for k, v in meta_model.state_dict().items()}
+  meta_model, variables = meta_sam_with_variables(reference, spec)
   model = Sam(spec, dtype=jnp.dtype(args.dtype), query_chunk=args.query_chunk)
-  variables = state_dict_to_variables(state, expected_shapes(Sam(spec), init_variables),
-                                      "meta model")
-  variables = jax.tree_util.tree_map(jnp.asarray, variables)
 
   size = spec.image_size
   image = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)

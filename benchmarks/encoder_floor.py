@@ -14,18 +14,16 @@ matmul floor: a goal below the floor cannot be met by any arrangement of XLA's o
 this machine, only by faster matrix multiplication.
 """
 
-import argparse
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import (add_host_malloc_flag, apply_host_malloc, import_meta_reference,
-                               min_time)
+from benchmarks.common import (meta_sam_with_variables, min_time, reference_benchmark_parser,
+                               start_reference_benchmark)
 from spt_jax.models.config import EncoderSpec, sam_preset
-from spt_jax.models.sam import Sam, init_variables
-from weights_conversion.mapping import expected_shapes, state_dict_to_variables
+from spt_jax.models.sam import Sam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +98,9 @@ def time_torch(torch, shape: MatmulShape, runs: int) -> float:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
-  parser.add_argument("--runs", type=int, default=3)
+  parser = reference_benchmark_parser(__doc__, runs=3)
   parser.add_argument("--goal", type=float, default=1.5, help="torch / jax goal")
-  add_host_malloc_flag(parser)
-  args = parser.parse_args()
-  malloc_note = apply_host_malloc(args)
-
-  reference = import_meta_reference()
+  args, malloc_note, reference = start_reference_benchmark(parser)
   torch = reference.torch
   spec = sam_preset(args.model)
   shapes = encoder_matmuls(spec.encoder)
@@ -129,17 +121,13 @@ def main():
   print(f"all matmuls: {total_flops / 1e12:.3f} TFLOP; floor (matmuls only): "
         f"jax {jax_floor:.2f} s, torch {torch_floor:.2f} s")
 
-  meta_model = reference.build_meta_sam(spec)
-  state = {k: v.numpy() for k, v in meta_model.state_dict().items()}
+  meta_model, variables = meta_sam_with_variables(reference, spec)
   model = Sam(spec)
-  variables = jax.tree_util.tree_map(jnp.asarray, state_dict_to_variables(
-      state, expected_shapes(model, init_variables), "meta model"))
   size = spec.image_size
   image = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
   image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
   with torch.no_grad():
     torch_time = min_time(lambda: meta_model.image_encoder(image_torch), args.runs)
-  del meta_model
   embed = jax.jit(lambda v, x: model.apply(v, x, method=Sam.embed_images))
   compiled = embed.lower(variables, image).compile()
   jax_time = min_time(lambda: compiled(variables, image).block_until_ready(), args.runs)

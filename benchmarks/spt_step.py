@@ -12,15 +12,14 @@ and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the comp
 temp memory of both JAX programs and the process's peak RSS.
 """
 
-import argparse
 import resource
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import (add_host_malloc_flag, apply_host_malloc, import_meta_reference,
-                               min_time, timed)
+from benchmarks.common import (min_time, reference_benchmark_parser, start_reference_benchmark,
+                               timed)
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.models.config import sam_preset
 from spt_jax.models.prompts import Prompts
@@ -39,16 +38,11 @@ def _mib(num_bytes):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
-  parser.add_argument("--runs", type=int, default=2)
+  parser = reference_benchmark_parser(__doc__, runs=2)
   parser.add_argument("--prompts", type=int, default=1, help="box prompts on the image")
   parser.add_argument("--remat", action="store_true", help="rematerialise encoder blocks")
-  add_host_malloc_flag(parser)
-  args = parser.parse_args()
-  malloc_note = apply_host_malloc(args)
+  args, malloc_note, reference = start_reference_benchmark(parser)
 
-  reference = import_meta_reference()
   torch = reference.torch
   import spt_reference  # pylint: disable=g-import-not-at-top  (on the tests path now)
   spec = sam_preset(args.model)
