@@ -18,6 +18,10 @@ CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
                       if not p.endswith("__init__.py"))
 
 
+def _load(path, variant):
+  return config_flags.config_flags._LoadConfigModule("config", path).get_config(variant)
+
+
 def variants(path):
   if path.endswith("default.py"):
     return ["", "quick"] + [f"{m},quick" for m in config_lib.METHODS]
@@ -26,8 +30,7 @@ def variants(path):
 
 @pytest.mark.parametrize("path,variant", [(p, v) for p in CONFIG_FILES for v in variants(p)])
 def test_shipped_config_builds_and_validates(path, variant):
-  config = config_flags.config_flags._LoadConfigModule(
-      "config", path).get_config(variant)
+  config = _load(path, variant)
   assert config.is_locked
   image_size = jobs.model_image_size(config)
   for block, epochs in ((config.data.train, None), (config.data.eval, 1)):
@@ -35,6 +38,18 @@ def test_shipped_config_builds_and_validates(path, variant):
   assert config.data.eval.original_canvas >= image_size or config.data.eval.dataset != "synthetic"
   with pytest.raises(AttributeError):
     config.train.no_such_field = 1
+
+
+def test_only_the_embedded_default_departs_from_the_papers_loss_weights():
+  """The tiny default trains the draft step only; benchmark configs keep equal weights."""
+  for method in config_lib.METHODS:
+    config = _load(os.path.join(CONFIG_DIR, "default.py"), method)
+    expected = (1.0, 0.0) if config.model.sdt_steps == 2 else (1.0, 1.0)
+    assert tuple(config.loss.step_weights) == expected, method
+  assert _load(os.path.join(CONFIG_DIR, "default.py"), "").model.sdt_steps == 2
+  for path in CONFIG_FILES:
+    if not path.endswith("default.py"):
+      assert tuple(_load(path, "vit_b").loss.step_weights) == (1.0, 1.0), path
 
 
 def run_main(*flags):
