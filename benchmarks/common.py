@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: timing, Meta's reference code, converted weights."""
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -8,6 +9,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spt_jax import host_memory
 from spt_jax.models.sam import Sam, init_variables
@@ -60,6 +62,34 @@ def meta_sam_with_variables(reference, spec):
   variables = state_dict_to_variables(state, expected_shapes(Sam(spec), init_variables),
                                       "meta model")
   return meta_model, jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderComparison:
+  """Meta's and our image encoder on the same image: times (s) and embedding difference."""
+  torch_seconds: float
+  jax_seconds: float
+  compile_seconds: float
+  max_abs_diff: float
+
+
+def compare_encoders(reference, meta_model, model: Sam, variables,
+                     runs: int) -> EncoderComparison:
+  """Both encoders on one random image: the first call of each is the warm-up whose
+  embeddings are compared, then the minimum of `runs` calls."""
+  size = model.spec.image_size
+  image = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
+  image_torch = reference.torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
+  with reference.torch.no_grad():
+    torch_embedding = meta_model.image_encoder(image_torch)
+    torch_seconds = min_time(lambda: meta_model.image_encoder(image_torch), runs, warmup=0)
+  embed = jax.jit(lambda v, x: model.apply(v, x, method=Sam.embed_images))
+  compiled, compile_seconds = timed(lambda: embed.lower(variables, image).compile())
+  jax_embedding = compiled(variables, image).block_until_ready()
+  jax_seconds = min_time(lambda: compiled(variables, image).block_until_ready(), runs,
+                         warmup=0)
+  diff = np.abs(np.asarray(jax_embedding) - torch_embedding.permute(0, 2, 3, 1).numpy())
+  return EncoderComparison(torch_seconds, jax_seconds, compile_seconds, float(diff.max()))
 
 
 def min_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:

@@ -9,10 +9,9 @@ time, the max abs difference of the embeddings, and the ratio torch / jax.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks.common import (meta_sam_with_variables, min_time, reference_benchmark_parser,
-                               start_reference_benchmark, timed)
+from benchmarks.common import (compare_encoders, meta_sam_with_variables,
+                               reference_benchmark_parser, start_reference_benchmark)
 from spt_jax.models.config import sam_preset
 from spt_jax.models.sam import Sam
 
@@ -28,29 +27,16 @@ def main():
   meta_model, variables = meta_sam_with_variables(reference, spec)
   model = Sam(spec, dtype=jnp.dtype(args.dtype), query_chunk=args.query_chunk)
 
+  result = compare_encoders(reference, meta_model, model, variables, args.runs)
   size = spec.image_size
-  image = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
-  image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
-
-  with torch.no_grad():
-    torch_embedding = meta_model.image_encoder(image_torch)
-    torch_time = min_time(lambda: meta_model.image_encoder(image_torch), args.runs)
-
-  embed = jax.jit(lambda v, x: model.apply(v, x, method=Sam.embed_images))
-  compiled, compile_time = timed(lambda: embed.lower(variables, image).compile())
-  jax_embedding = compiled(variables, image).block_until_ready()
-  jax_time = min_time(lambda: compiled(variables, image).block_until_ready(), args.runs)
-
-  diff = np.abs(np.asarray(jax_embedding) -
-                torch_embedding.permute(0, 2, 3, 1).numpy()).max()
   print(f"model {args.model}, image {size}x{size}, dtype {args.dtype}, "
         f"query_chunk {args.query_chunk}, devices {jax.devices()}, "
         f"torch threads {torch.get_num_threads()}, {malloc_note}")
-  print(f"torch (Meta) encoder forward: {torch_time:8.2f} s (min of {args.runs})")
-  print(f"jax  (spt_jax) encoder forward: {jax_time:8.2f} s (min of {args.runs}); "
-        f"compile {compile_time:.1f} s")
-  print(f"max |jax - torch| on the embedding: {diff:.2e}")
-  print(f"ratio torch / jax: {torch_time / jax_time:.2f}")
+  print(f"torch (Meta) encoder forward: {result.torch_seconds:8.2f} s (min of {args.runs})")
+  print(f"jax  (spt_jax) encoder forward: {result.jax_seconds:8.2f} s (min of {args.runs}); "
+        f"compile {result.compile_seconds:.1f} s")
+  print(f"max |jax - torch| on the embedding: {result.max_abs_diff:.2e}")
+  print(f"ratio torch / jax: {result.torch_seconds / result.jax_seconds:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import (meta_sam_with_variables, min_time, reference_benchmark_parser,
-                               start_reference_benchmark)
+from benchmarks.common import (compare_encoders, meta_sam_with_variables, min_time,
+                               reference_benchmark_parser, start_reference_benchmark)
 from spt_jax.models.config import EncoderSpec, sam_preset
 from spt_jax.models.sam import Sam
 
@@ -122,19 +122,13 @@ def main():
         f"jax {jax_floor:.2f} s, torch {torch_floor:.2f} s")
 
   meta_model, variables = meta_sam_with_variables(reference, spec)
-  model = Sam(spec)
-  size = spec.image_size
-  image = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
-  image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
-  with torch.no_grad():
-    torch_time = min_time(lambda: meta_model.image_encoder(image_torch), args.runs)
-  embed = jax.jit(lambda v, x: model.apply(v, x, method=Sam.embed_images))
-  compiled = embed.lower(variables, image).compile()
-  jax_time = min_time(lambda: compiled(variables, image).block_until_ready(), args.runs)
+  result = compare_encoders(reference, meta_model, Sam(spec), variables, args.runs)
+  torch_time, jax_time = result.torch_seconds, result.jax_seconds
   target = torch_time / args.goal
   print(f"whole encoder: torch (Meta) {torch_time:.2f} s ({torch_time / torch_floor:.2f}x its "
         f"matmul floor), jax (spt_jax) {jax_time:.2f} s ({jax_time / jax_floor:.2f}x its floor); "
-        f"torch / jax {torch_time / jax_time:.2f}")
+        f"torch / jax {torch_time / jax_time:.2f}; max |jax - torch| on the embedding "
+        f"{result.max_abs_diff:.2e}")
   print(f"goal torch / jax >= {args.goal}: jax encoder <= {target:.2f} s, which is "
         f"{target / jax_floor:.2f}x the jax matmul floor "
         f"({'below the floor: not reachable by arranging XLA ops' if target < jax_floor else 'above the floor'})")
