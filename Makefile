@@ -3,23 +3,41 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+# The tests also compile TPU programs on this host (tests/accelerators): they need
+# libtpu, installed beside the packages, not importable, so that JAX does not load it at
+# every start (spt_jax/aot.py finds it there); the version the installed jax's `tpu`
+# extra asks for.
+LIBTPU_STAMP := $(VENV)/libtpu/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+LIBTPU_REQUIREMENT := from importlib.metadata import requires; \
+  print(next(r.split(";")[0].strip() for r in requires("jax") if r.startswith("libtpu")))
 
-.PHONY: setup run test test-all
+.PHONY: setup setup-tests check-python run test test-all
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+setup-tests: $(STAMP) $(LIBTPU_STAMP)
+
+check-python:
+	@python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "spt_jax needs Python 3.11 or newer (as jax 0.10 does); python3 is " + sys.version.split()[0])'
+
+$(STAMP): setup.py | check-python
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[test,reference]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(LIBTPU_STAMP): $(STAMP)
+	rm -rf $(VENV)/libtpu
+	$(PYTHON) -m pip install --quiet --no-deps --target $(VENV)/libtpu \
+	  "$$($(PYTHON) -c '$(LIBTPU_REQUIREMENT)')"
+	touch $@
+
 run: setup
 	$(PYTHON) -m spt_jax.main $(ARGS)
 
-test: setup
+test: setup-tests
 	$(PYTHON) -m pytest $(ARGS)
 
-test-all: setup
+test-all: setup-tests
 	$(PYTHON) -m pytest -m "" $(ARGS)

@@ -15,7 +15,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["spt_jax", "spt_jax.*", "weights_conversion", "configs"]),
     # The embedded pretrained base (config.model.base='embedded'): weights and recipe.
     package_data={"spt_jax": ["assets/tiny_sam/**/*"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

@@ -331,6 +331,29 @@ def _check_canvas(config: DataConfig, source, indices: np.ndarray, sizes: np.nda
         "expected every image to fit in the canvas")
 
 
+def batch_spec(config: DataConfig | Mapping[str, Any] | Any) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of the numeric entries of one batch (module docstring), read
+  from the config alone: what a program compiled ahead of time takes. The text
+  entries (category, defect_type, source_path) stay on the host and are left out."""
+  config = DataConfig.from_config(config)
+  size, prompt = config.image_size, config.prompt
+  p, k = prompt.max_prompts, prompt.points_per_prompt
+  shapes = dict(
+      image=((size, size, 3), np.uint8), mask=((size, size), np.float32),
+      input_size=((2,), np.int32), original_size=((2,), np.int32), label=((), np.int32),
+      boxes=((p, 4), np.float32), has_box=((p,), np.bool_),
+      points=((p, k, 2), np.float32), point_labels=((p, k), np.int32),
+      has_mask_prompt=((p,), np.bool_), prompt_valid=((p,), np.bool_))
+  if prompt.mask_prompt:
+    shapes["mask_prompt"] = ((p, size // 4, size // 4), np.float32)
+  if prompt.per_region:
+    shapes["prompt_regions"] = ((size, size), np.uint8)
+  if config.original_canvas:
+    shapes["original_mask"] = ((config.original_canvas,) * 2, np.uint8)
+  return {name: jax.ShapeDtypeStruct((config.batch_size,) + shape, dtype)
+          for name, (shape, dtype) in shapes.items()}
+
+
 def make_pipeline(config: DataConfig | Mapping[str, Any] | Any) -> DataPipeline:
   """Builds (or finds) the dataset and returns its grain pipeline (module docstring)."""
   config = DataConfig.from_config(config).check()

@@ -10,6 +10,7 @@ the final mask; with fresh adapters the draft is zero-shot SAM.
 """
 
 import collections
+import dataclasses
 import os
 import pickle
 from typing import Any
@@ -23,7 +24,7 @@ from spt_jax import model_inputs
 from spt_jax import parallel
 from spt_jax import transforms
 from spt_jax.config import prompt_fields, to_data_config
-from spt_jax.data.pipeline import make_pipeline
+from spt_jax.data.pipeline import batch_spec, make_pipeline
 from spt_jax.errors import SptUserError
 from spt_jax.evaluate import anomaly_metrics
 from spt_jax.evaluate import overlays
@@ -66,7 +67,10 @@ def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: 
 class Evaluator:
   """Evaluates variables of `model` on `config.data.eval`; writes reports to workdir."""
 
-  def __init__(self, config, model, workdir: str, mesh_spec: parallel.MeshSpec):
+  def __init__(self, config, model, workdir: str, mesh_spec: parallel.MeshSpec,
+               mesh=None):
+    """mesh: default `make_mesh(mesh_spec)` over every process's devices; pass one of
+    compile-only devices, or an AbstractMesh, to compile or export `program`."""
     self.config = config
     self.model = model
     self.workdir = workdir
@@ -77,12 +81,12 @@ class Evaluator:
     self.canvas = self.data_config.original_canvas
     self.steps = step_names(model.sdt_steps)
     self.mesh_spec = mesh_spec
-    self.mesh = parallel.make_mesh(mesh_spec)
+    self.mesh = parallel.make_mesh(mesh_spec) if mesh is None else mesh
     self.batch_sharding = parallel.batch_sharding(self.mesh, mesh_spec.rules)
     self._compiled = {}
 
-  def _forward(self, variables, batch, rows, cols):
-    """The jit-compiled forward with the variables' and the batch's shardings."""
+  def _jitted(self, variables):
+    """(variables' shardings, the forward jit-compiled with them and the batch's)."""
     key = jax.tree_util.tree_structure(variables)
     if key not in self._compiled:
       shardings = parallel.shard_tree(variables, self.mesh, self.mesh_spec.rules)
@@ -90,12 +94,29 @@ class Evaluator:
           self._forward_fn, self.mesh,
           (shardings, self.batch_sharding, self.batch_sharding, self.batch_sharding),
           self.batch_sharding, self.mesh_spec.rules))
-    shardings, forward = self._compiled[key]
+    return self._compiled[key]
+
+  def _forward(self, variables, batch, rows, cols):
+    """The jit-compiled forward on this process's batch; its rows of the outputs."""
+    shardings, forward = self._jitted(variables)
     outputs = forward(parallel.place(variables, shardings),
                       parallel.global_batch(batch, self.batch_sharding),
                       *parallel.global_batch({"rows": rows, "cols": cols},
                                              self.batch_sharding).values())
     return jax.tree_util.tree_map(parallel.local_rows, outputs)
+
+  def program(self, variables) -> tuple[Any, tuple]:
+    """(the per-batch forward jit-compiled for the mesh, abstract inputs for it) to
+    lower or export it without data: variables as arrays or ShapeDtypeStructs, a
+    global batch of data.eval.batch_size images per process."""
+    shardings, forward = self._jitted(variables)
+    images = self.data_config.batch_size * jax.process_count()
+    batch = batch_spec(dataclasses.replace(self.data_config, batch_size=images))
+    matrix = jax.ShapeDtypeStruct((images, self.canvas, self.model.spec.low_res_size),
+                                  jnp.float32)
+    return forward, (parallel.abstract_tree(variables, shardings),
+                     parallel.abstract_tree(batch, {k: self.batch_sharding for k in batch}),
+                     *parallel.abstract_tree((matrix, matrix), (self.batch_sharding,) * 2))
 
   def _forward_fn(self, variables, batch, rows, cols):
     """-> metrics {name: (B, steps, P)}, scores (B, steps, P, C, C), logits (B, steps, P, l, l).

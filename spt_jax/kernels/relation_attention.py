@@ -3,7 +3,7 @@
     out = softmax_row(cos(E_i, E_j), self excluded [, alpha]) @ V
 
 for the image embedding E (N tokens) and the current image tokens V. Exact
-semantics (METHOD.md section 3 and the authors' `extract_relation`):
+semantics (the paper's VRA-Adapter and the authors' `extract_relation`):
 En = E / (||E||_2 + 1e-16) per row; S_ij = En_i . En_j; -1e16 is added to the
 diagonal; P = softmax over j. With alpha > 0, entries P_ij <= alpha / N (N the
 true token count) are zeroed and each ROW is renormalised to sum 1; a row that
@@ -13,8 +13,8 @@ and V; with alpha > 0 the threshold mask is held constant, as autodiff of the
 formula does.
 
 Discrepancy with the authors' release: their `thresholding` sums the masked
-(B, N, N) matrix over dim=1, i.e. renormalises COLUMNS; our spec (METHOD.md)
-says rows, and rows are implemented here. The two agree for alpha == 0, the
+(B, N, N) matrix over dim=1, i.e. renormalises COLUMNS; the method as
+described renormalises rows, and rows are implemented here. The two agree for alpha == 0, the
 authors' default.
 
 Implementations (`IMPLS`): "reference" materialises the N x N matrix (the test
@@ -22,8 +22,10 @@ oracle, plain autodiff); "xla" is blocked XLA with O(N x block) memory;
 "pallas_tpu" / "pallas_gpu" are fused Mosaic / Triton kernels. The fused ones
 share one `jax.custom_vjp` whose residuals are (e, v, out, lse, zinv): per-row
 log-sum-exp and inverse kept mass, from which every backward pass recomputes
-the weights blockwise. "auto" picks pallas_tpu on TPU, pallas_gpu on GPU and
-xla elsewhere.
+the weights blockwise. "auto" picks pallas_tpu on TPU, pallas_gpu on CUDA
+and xla elsewhere, by the platform the program is lowered for
+(`spt_jax.kernels.dispatch`). Under a device mesh the fused passes run per
+shard (`spt_jax.kernels.partition`).
 """
 
 import dataclasses
@@ -36,6 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from spt_jax.errors import SptUserError
+from spt_jax.kernels import dispatch
+from spt_jax.kernels import partition
 from spt_jax.kernels import relation_common as rc
 from spt_jax.kernels import relation_pallas_gpu
 from spt_jax.kernels import relation_pallas_tpu
@@ -49,26 +53,54 @@ _FUSED = {
     "pallas_tpu": relation_pallas_tpu,
     "pallas_gpu": relation_pallas_gpu,
 }
-_AUTO = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}
+
+
+# Operand dims by logical axis: images, then tokens, then features. V's features
+# are whole unless they stack several prompts (`relation_attention_shared`), which
+# the mesh may split like the decoders' prompts.
+_E_NAMES = ("batch", None, None)
+_ROW_NAMES = ("batch", None)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Fused:
-  """Static part of a fused call: implementation, threshold and its options."""
+  """Static part of a fused call: implementation, threshold, options, split.
+
+  impl may be 'auto' (chosen per lowering platform, `spt_jax.kernels.dispatch`).
+  Under a mesh every pass runs per shard: images split over the 'batch' axes, V's
+  features over `feature_name`'s; the weights depend on E alone, so a feature
+  shard needs no other, and only dE, a sum over all features, is summed across
+  them.
+  """
   impl: str
   threshold: float
   options: tuple[tuple[str, Any], ...]
+  sharded: partition.Sharded
+  feature_name: str | None
+
+  def _pass(self, name, *args):
+    kwargs = dict(self.options, threshold=self.threshold)
+    return dispatch.run(
+        self.impl, lambda impl, *a: getattr(_FUSED[impl], name)(*a, **kwargs), *args)
 
   def forward(self, e, v):
     """-> out (B, N, D), lse (B, N), zinv (B, N)."""
-    return _FUSED[self.impl].forward(e, v, threshold=self.threshold,
-                                     **dict(self.options))
+    v_names = ("batch", None, self.feature_name)
+    return self.sharded.run(
+        functools.partial(self._pass, "forward"), (_E_NAMES, v_names),
+        (v_names, _ROW_NAMES, _ROW_NAMES))(e, v)
 
   def backward(self, e, v, out, lse, zinv, d_out):
     """-> de (B, N, C), dv (B, N, D)."""
-    return _FUSED[self.impl].backward(e, v, out, lse, zinv, d_out,
-                                      threshold=self.threshold,
-                                      **dict(self.options))
+    v_names = ("batch", None, self.feature_name)
+
+    def per_shard(*args):
+      de, dv = self._pass("backward", *args)
+      return self.sharded.sum_over(de, self.feature_name), dv
+
+    return self.sharded.run(
+        per_shard, (_E_NAMES, v_names, v_names, _ROW_NAMES, _ROW_NAMES, v_names),
+        (_E_NAMES, v_names))(e, v, out, lse, zinv, d_out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -92,13 +124,11 @@ def _resolve_impl(impl, options):
   if impl not in IMPLS:
     raise SptUserError(
         f"relation_attention: impl must be one of {IMPLS}, got {impl!r}")
-  if impl == "auto":
-    impl = _AUTO.get(jax.default_backend(), "xla")
-  if impl == "reference":
+  if impl in ("auto", "reference"):
     if options:
       raise SptUserError(
-          "relation_attention: impl='reference' takes no options, got "
-          f"{sorted(options)}")
+          f"relation_attention: impl={impl!r} takes no options, got "
+          f"{sorted(options)}; name an implementation to pass its options")
     return impl
   valid = set(inspect.signature(_FUSED[impl].forward).parameters) - {
       "e", "v", "threshold"}
@@ -129,6 +159,19 @@ def _check_array(caller, name, x, rank, shape_doc):
         f"got dtype {x.dtype}")
 
 
+def _attend(e, v, alpha, impl, options, feature_name):
+  """The checked call: reference formula or the fused custom VJP, split by mesh."""
+  alpha = _check_alpha(alpha)
+  impl = _resolve_impl(impl, options)
+  if impl == "reference":
+    return relation_reference.relation_attention_reference(e, v, alpha=alpha)
+  sharded = partition.current(
+      ((_E_NAMES, e.shape), (("batch", None, feature_name), v.shape)))
+  fused = _Fused(impl, rc.threshold_for(alpha, e.shape[1]),
+                 tuple(sorted(options.items())), sharded, feature_name)
+  return _fused_attention(e, v, fused)
+
+
 def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
   """softmax_row(cos(E_i, E_j), self excluded [, alpha]) @ V.
 
@@ -136,12 +179,14 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
     e: (B, N, C) image embedding; any N >= 1.
     v: (B, N, D) values, same B and N.
     alpha: sparsification strength >= 0 (a Python number; 0 disables it).
-    impl: one of IMPLS.
+    impl: one of IMPLS; 'auto' picks per lowering platform and takes no options.
     **options: keyword options of the chosen implementation:
       xla: block_q, block_q_bwd (query rows per loop step of the forward
         and the backward, default 128 / 256);
-      pallas_tpu: block_q, block_k (multiples of 128, default 256 / 256),
-        interpret (True or pltpu.InterpretParams() to run on CPU);
+      pallas_tpu: block_q, block_k (multiples of 128), block_d (feature
+        tile, a multiple of 128), vmem_limit_bytes; each unset is chosen
+        from the chip's VMEM and D; interpret (True or
+        pltpu.InterpretParams() to run on CPU);
       pallas_gpu: block_q, block_k, block_d (powers of two, default
         64 / 64 / 128), num_warps (4), num_stages (2), interpret.
 
@@ -163,38 +208,31 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
     raise SptUserError(
         "relation_attention: v must have shape (B, N, D) with B, N of e "
         f"{e.shape[:2]}, got {v.shape}")
-  alpha = _check_alpha(alpha)
-  impl = _resolve_impl(impl, options)
-  if impl == "reference":
-    return relation_reference.relation_attention_reference(e, v, alpha=alpha)
-  fused = _Fused(impl, rc.threshold_for(alpha, e.shape[1]),
-                 tuple(sorted(options.items())))
-  return _fused_attention(e, v, fused)
+  return _attend(e, v, alpha, impl, options, None)
 
 
 def relation_attention_shared(e, v, *, alpha=0.0, impl="auto", **options):
-  """Relation attention of several prompts' tokens over one image's E.
+  """Relation attention of several prompts' tokens over their image's E.
 
-  The prompts' values are stacked along the feature axis, so all of them go
-  through ONE call (one pass over the N x N relation) instead of P.
+  The prompts' values are stacked along the feature axis, so all prompts of an
+  image go through ONE pass over its N x N relation instead of P. Under a mesh
+  the stacked features are split like the decoders' prompts ('prompts').
 
   Args:
-    e: (N, C) or (1, N, C) image embedding.
-    v: (P, N, D) values of P prompts of that image.
+    e: (B, N, C) embedding of each image; any N >= 1.
+    v: (B, P, N, D) values of P prompts per image.
     alpha, impl, **options: as for `relation_attention`.
 
   Returns:
-    (P, N, D) in v's dtype.
+    (B, P, N, D) in v's dtype.
   """
-  if hasattr(e, "ndim") and e.ndim == 3 and e.shape[0] == 1:
-    e = e[0]
-  _check_array("relation_attention_shared", "e", e, 2, "(N, C) or (1, N, C)")
-  _check_array("relation_attention_shared", "v", v, 3, "(P, N, D)")
-  p, n, d = v.shape
-  if n != e.shape[0]:
+  _check_array("relation_attention_shared", "e", e, 3, "(B, N, C)")
+  _check_array("relation_attention_shared", "v", v, 4, "(B, P, N, D)")
+  b, p, n, d = v.shape
+  if e.shape[1] < 1 or (b, n) != (e.shape[0], e.shape[1]):
     raise SptUserError(
-        f"relation_attention_shared: v must have shape (P, N, D) with N = "
-        f"{e.shape[0]} (the tokens of e), got {v.shape}")
-  stacked = jnp.transpose(v, (1, 0, 2)).reshape(1, n, p * d)
-  out = relation_attention(e[None], stacked, alpha=alpha, impl=impl, **options)
-  return jnp.transpose(out.reshape(n, p, d), (1, 0, 2))
+        f"relation_attention_shared: v must have shape (B, P, N, D) with B, N = "
+        f"{e.shape[:2]} of e (at least one token), got {v.shape}")
+  stacked = jnp.transpose(v, (0, 2, 1, 3)).reshape(b, n, p * d)
+  out = _attend(e, stacked, alpha, impl, options, "prompts")
+  return jnp.transpose(out.reshape(b, n, p, d), (0, 2, 1, 3))

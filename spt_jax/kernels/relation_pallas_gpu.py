@@ -219,7 +219,7 @@ class _Layout:
     return pl.BlockSpec((None, block), lambda r, *rest: (rest[-1], r))
 
 
-def _call(kernel, *, grid, in_specs, out_specs, out_shape, num_warps,
+def _call(kernel, *, grid, in_specs, out_specs, out_shape, cost, num_warps,
           num_stages, interpret):
   return pl.pallas_call(
       kernel,
@@ -229,8 +229,25 @@ def _call(kernel, *, grid, in_specs, out_specs, out_shape, num_warps,
       out_shape=out_shape,
       compiler_params=plgpu.CompilerParams(
           num_warps=num_warps, num_stages=num_stages),
+      cost_estimate=cost,
       interpret=interpret,
   )
+
+
+def _cost(batch, lay, *, score_passes, value_width, rows_read, itemsize):
+  """pl.CostEstimate of a call over `batch` images.
+
+  score_passes: how often the call computes the (N x N) scores (once per
+  feature tile where the grid has them); value_width: the feature columns
+  multiplied against the weights (per N x N entry); rows_read: (N, width)
+  operands each row block streams whole, as their total width.
+  """
+  n, c = lay.n_pad, lay.c_pad
+  blocks = n // min(lay.block_q, lay.block_k)
+  return pl.CostEstimate(
+      flops=int(batch * 2 * n * n * (score_passes * c + value_width)),
+      transcendentals=int(batch * score_passes * n * n),
+      bytes_accessed=int(batch * n * rows_read * blocks * itemsize))
 
 
 def _pad(x, n_pad, width):
@@ -254,24 +271,28 @@ def forward(e, v, *, threshold, block_q=DEFAULT_BLOCK_Q,
   call = functools.partial(_call, num_warps=num_warps, num_stages=num_stages,
                            interpret=interpret)
   e_specs = [lay.rows(bq, lay.c_pad), lay.whole(lay.c_pad)]
+  cost = functools.partial(_cost, b, lay, itemsize=v.dtype.itemsize)
+  tiled_cost = cost(score_passes=lay.d_pad // bd, value_width=lay.d_pad,
+                    rows_read=lay.c_pad * lay.d_pad // bd + lay.d_pad)
   if threshold:
     lse = call(
         functools.partial(_softmax_kernel, with_values=False, **opts),
         grid=(lay.n_pad // bq, 1, b), in_specs=e_specs,
-        out_specs=lay.rows_stat(bq), out_shape=stat)(e_p, e_p)
+        out_specs=lay.rows_stat(bq), out_shape=stat,
+        cost=cost(score_passes=1, value_width=0, rows_read=lay.c_pad))(e_p, e_p)
     out, zinv = call(
         functools.partial(_kept_kernel, threshold=threshold, **opts),
         grid=tiled_grid,
         in_specs=[*e_specs, lay.whole(bd, tiled=True), lay.rows_stat(bq)],
         out_specs=[lay.rows(bq, bd, tiled=True), lay.rows_stat(bq)],
-        out_shape=[out, stat])(e_p, e_p, v_p, lse)
+        out_shape=[out, stat], cost=tiled_cost)(e_p, e_p, v_p, lse)
     zinv = zinv[:, :n]
   else:
     out, lse = call(
         functools.partial(_softmax_kernel, with_values=True, **opts),
         grid=tiled_grid, in_specs=[*e_specs, lay.whole(bd, tiled=True)],
         out_specs=[lay.rows(bq, bd, tiled=True), lay.rows_stat(bq)],
-        out_shape=[out, stat])(e_p, e_p, v_p)
+        out_shape=[out, stat], cost=tiled_cost)(e_p, e_p, v_p)
     zinv = jnp.ones((b, n), jnp.float32)
   return out[:, :n, :d], lse[:, :n], zinv
 
@@ -293,6 +314,9 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
   call = functools.partial(_call, num_warps=num_warps, num_stages=num_stages,
                            interpret=interpret)
   opts = dict(n_keys=lay.n_keys, threshold=threshold)
+  cost = functools.partial(_cost, b, lay, itemsize=v.dtype.itemsize)
+  # dS needs dO V^T over all features; dS @ En is one more C-wide product.
+  grad_cost = cost(score_passes=1, value_width=dp + cp, rows_read=cp + dp)
 
   d_en_row = call(
       functools.partial(_row_grad_kernel, block_k=bk, block_d=bd, **opts),
@@ -301,7 +325,7 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
                 lay.rows(bq, dp), *[lay.rows_stat(bq)] * 3],
       out_specs=lay.rows(bq, cp),
       out_shape=jax.ShapeDtypeStruct((b, lay.n_pad, cp), jnp.float32),
-  )(e_p, e_p, v_p, do_p, *stats)
+      cost=grad_cost)(e_p, e_p, v_p, do_p, *stats)
   de = call(
       functools.partial(_column_grad_kernel, block_q=bq, block_d=bd, **opts),
       grid=(lay.n_pad // bk, b),
@@ -309,7 +333,7 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
                 lay.whole(cp), lay.whole(dp), *[lay.whole_stat()] * 3],
       out_specs=lay.rows(bk, cp),
       out_shape=jax.ShapeDtypeStruct((b, lay.n_pad, cp), e.dtype),
-  )(e_p, d_en_row, v_p, e_p, do_p, *stats)
+      cost=grad_cost)(e_p, d_en_row, v_p, e_p, do_p, *stats)
   dv = call(
       functools.partial(_value_grad_kernel, block_q=bq, **opts),
       grid=(lay.n_pad // bk, dp // bd, b),
@@ -317,5 +341,6 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold,
                 *[lay.whole_stat()] * 2],
       out_specs=lay.rows(bk, bd, tiled=True),
       out_shape=jax.ShapeDtypeStruct((b, lay.n_pad, dp), v.dtype),
-  )(e_p, e_p, do_p, *stats[:2])
+      cost=cost(score_passes=dp // bd, value_width=dp,
+                rows_read=cp * dp // bd + dp))(e_p, e_p, do_p, *stats[:2])
   return de[:, :n, :c], dv[:, :n, :d]

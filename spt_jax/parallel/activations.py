@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding
 
+from spt_jax.kernels import partition
 from spt_jax.models.transformer import TwoWayAttentionBlock
 from spt_jax.parallel.rules import LogicalNames, ShardingRules, log_fallbacks, logical_to_spec
 
@@ -48,13 +49,19 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Mesh,
 @contextlib.contextmanager
 def activation_constraints(mesh: Mesh, rules: ShardingRules = ShardingRules()
                            ) -> Iterator[None]:
-  """Within this context, model calls traced get the constraints of `BOUNDARIES`."""
+  """Within this context, model calls traced get the constraints of `BOUNDARIES`
+  and fused kernels run per shard of `mesh`."""
   fallbacks: list[str] = []
 
   def constrained(x, names):
     x, new = constrain(x, names, mesh, rules)
     fallbacks.extend(new)
     return x
+
+  def kernel_spec(names, shape):
+    spec, new = logical_to_spec(names, shape, mesh, rules)
+    fallbacks.extend(new)
+    return spec
 
   def interceptor(next_fun, args, kwargs, context) -> Any:
     if context.method_name != "__call__":
@@ -67,6 +74,6 @@ def activation_constraints(mesh: Mesh, rules: ShardingRules = ShardingRules()
         return treedef.unflatten([constrained(x, n) for x, n in zip(leaves, outputs)])
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
+  with nn.intercept_methods(interceptor), partition.partitioned(mesh, kernel_spec):
     yield
   log_fallbacks(fallbacks, "activations")

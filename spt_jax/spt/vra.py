@@ -1,11 +1,9 @@
 """The VRA-Adapter's relation operator for a batch of images with P prompts each.
 
 All prompts of an image share its embedding E, so their image tokens go through one
-relation-attention call per image (stacked along the feature axis), batched over
-images with `vmap`. See `spt_jax.kernels.relation_attention` for the exact formula.
+relation-attention call per image (stacked along the feature axis), all images in
+one batched call. See `spt_jax.kernels.relation_attention` for the exact formula.
 """
-
-import functools
 
 import jax
 
@@ -27,5 +25,5 @@ def relate_prompt_tokens(image_tokens: jax.Array, keys: jax.Array, *, alpha: flo
   """
   batch, tokens, _ = image_tokens.shape
   per_image = keys.reshape(batch, -1, tokens, keys.shape[-1])
-  relate = functools.partial(relation_attention_shared, alpha=alpha, impl=impl)
-  return jax.vmap(relate)(image_tokens, per_image).reshape(keys.shape)
+  return relation_attention_shared(image_tokens, per_image, alpha=alpha,
+                                   impl=impl).reshape(keys.shape)

@@ -17,11 +17,11 @@ from spt_jax.data.pipeline import make_pipeline
 from spt_jax.errors import SptUserError
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train import checkpoints as checkpoints_lib
-from spt_jax.train import step as step_lib
+from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.metric_writer import MetricWriter, Progress, format_duration
 from spt_jax.train.model_setup import ModelSetup
 from spt_jax.train.optimizer import OptimizerSpec, learning_rate_schedule, make_optimizer
-from spt_jax.train.trainable import merge, partition
+from spt_jax.train.trainable import merge
 
 # evaluate(variables, step) -> flat metrics {name: value}
 EvaluateFn = Callable[[dict, int], dict[str, float]]
@@ -61,16 +61,13 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
   opt_spec = optimizer_spec(config, steps_per_epoch)
   optimizer = make_optimizer(opt_spec)
   learning_rate = learning_rate_schedule(opt_spec)
-  mesh = parallel.make_mesh(mesh_spec)
-  shardings = parallel.shard_tree(setup.variables, mesh, mesh_spec.rules)
-  trainable_shardings, frozen_shardings = partition(shardings, config.trainable)
-  trainable, frozen = partition(parallel.place(setup.variables, shardings),
-                                config.trainable)
-  state = step_lib.init_train_state(trainable, optimizer,
-                                    jax.random.PRNGKey(config.train.seed))
-  state_shardings = parallel.train_state_shardings(state, trainable_shardings, optimizer,
-                                                   mesh)
-  state = parallel.place(state, state_shardings)
+  loss_spec = LossSpec(**{**config.loss.to_dict(),
+                          "step_weights": tuple(config.loss.step_weights)})
+  program = sharded_train_step(setup.model, setup.variables, config.trainable, optimizer,
+                               loss_spec, pipeline.config.prompt,
+                               parallel.make_mesh(mesh_spec), mesh_spec.rules)
+  state, frozen = program.initial_state(setup.variables,
+                                        jax.random.PRNGKey(config.train.seed))
   iterator = iter(pipeline)
   checkpoints = checkpoints_lib.TrainCheckpoints(
       workdir, config.train.keep_checkpoints, config.train.best_metric,
@@ -78,15 +75,11 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
   restored = checkpoints.restore_latest(state, iterator)
   state = restored if restored is not None else state
   start = int(state.step)
-  loss_spec = LossSpec(**{**config.loss.to_dict(),
-                          "step_weights": tuple(config.loss.step_weights)})
-  batch_sharding = parallel.batch_sharding(mesh, mesh_spec.rules)
-  train_step = parallel.make_sharded_train_step(
-      step_lib.make_train_step(setup.model, optimizer, loss_spec, pipeline.config.prompt),
-      mesh, state_shardings, frozen_shardings, batch_sharding, mesh_spec.rules)
+  batch_sharding = program.batch_sharding
+  train_step = program.step
   logging.info("training %d steps (%d per epoch, batch %d, %d trainable values) from "
                "step %d", total_steps, steps_per_epoch, batch_size,
-               sum(x.size for x in jax.tree_util.tree_leaves(trainable)), start)
+               sum(x.size for x in jax.tree_util.tree_leaves(state.trainable)), start)
   writer = MetricWriter(workdir, "train")
   progress = Progress(total_steps, batch_size * jax.process_count())
   metrics: dict[str, float] = {}

@@ -77,6 +77,21 @@ def test_example_contract(synthetic_dir):
   assert (batch["original_mask"][:, 48:].sum() == 0) and batch["original_mask"].any()
 
 
+@pytest.mark.parametrize("prompt, canvas", [
+    (dict(mode="box_per_region", max_prompts=3, num_points=2, num_negative_points=1,
+          mask_prompt=True), 50),
+    (dict(mode="box"), 0)])
+def test_batch_spec_describes_real_batches(synthetic_dir, prompt, canvas):
+  """What programs compiled ahead of time take is what the pipeline gives."""
+  fields = config(synthetic_dir, prompt=prompt, original_canvas=canvas or None)
+  batch = next(iter(pipeline.make_pipeline(fields)))
+  spec = pipeline.batch_spec(fields)
+  numeric = {k: v for k, v in batch.items() if v.dtype.kind != "S"}
+  assert set(spec) == set(numeric)
+  for key, value in numeric.items():
+    assert (spec[key].shape, spec[key].dtype) == (value.shape, value.dtype), key
+
+
 def test_sam_and_paper_protocols_and_boxes(synthetic_dir):
   for protocol in ("sam", "paper"):
     loaded = pipeline.make_pipeline(config(synthetic_dir, resize=protocol, batch_size=1))

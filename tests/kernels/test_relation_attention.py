@@ -29,6 +29,7 @@ from spt_jax.kernels import IMPLS
 from spt_jax.kernels import relation_attention
 from spt_jax.kernels import relation_attention_reference
 from spt_jax.kernels import relation_attention_shared
+from spt_jax.kernels import relation_pallas_tpu
 from spt_jax.kernels import relation_reference
 
 C = 256
@@ -225,30 +226,74 @@ def test_xla_path_memory():
 
 def test_shared_embedding_is_one_call():
   keys = jax.random.split(jax.random.key(2), 2)
-  e = jax.random.normal(keys[0], (96, 32))
-  v = jax.random.normal(keys[1], (3, 96, 16))
+  e = jax.random.normal(keys[0], (2, 96, 32))
+  v = jax.random.normal(keys[1], (2, 3, 96, 16))
   for impl, alpha in (("xla", 0.0), ("pallas_gpu", ALPHA)):
     shared = functools.partial(relation_attention_shared, alpha=alpha,
                                impl=impl, **FUSED[impl])
     jaxpr = str(jax.make_jaxpr(shared)(e, v))
     assert jaxpr.count("custom_vjp_call") == 1
-    got = _value_and_grads(shared, e[None], v, jnp.ones_like(v))
-    per_prompt = lambda e, v: jnp.concatenate([
-        relation_attention_reference(e, v[p:p + 1], alpha=alpha)
-        for p in range(v.shape[0])])
-    want = _value_and_grads(per_prompt, e[None], v, jnp.ones_like(v))
+    got = _value_and_grads(shared, e, v, jnp.ones_like(v))
+    per_prompt = lambda e, v: jnp.stack([
+        jnp.concatenate([
+            relation_attention_reference(e[b:b + 1], v[b, p:p + 1], alpha=alpha)
+            for p in range(v.shape[1])]) for b in range(v.shape[0])])
+    want = _value_and_grads(per_prompt, e, v, jnp.ones_like(v))
     for name, g, w in zip(("out", "de", "dv"), got, want):
       _assert_close(f"shared {impl} {name}", g, np.asarray(w),
                     TOLERANCE["float32"])
 
 
-def test_auto_is_xla_on_cpu():
-  assert jax.default_backend() == "cpu"
-  e, v = jnp.ones((1, 8, 4)), jnp.ones((1, 8, 2))
-  auto = str(jax.make_jaxpr(relation_attention)(e, v))
-  assert auto == str(jax.make_jaxpr(
-      functools.partial(relation_attention, impl="xla"))(e, v))
-  assert "pallas_call" not in auto
+@pytest.mark.parametrize("block_d", (None, 256, 128))
+def test_pallas_tpu_feature_tiles(block_d):
+  """D cut into feature tiles (the last one padded) equals the reference."""
+  case = Case(300, 700, ALPHA, "float32", batch=2)
+  (e, v, d_out), want = _reference(case)
+  fn = functools.partial(relation_attention, alpha=case.alpha,
+                         impl="pallas_tpu", interpret=True, block_q=128,
+                         block_k=256, block_d=block_d)
+  got = _value_and_grads(fn, e, v, d_out)
+  for name, g, w in zip(("out", "de", "dv"), got, want):
+    _assert_close(f"block_d={block_d} {name}", g, w, TOLERANCE["float32"])
+
+
+def test_pallas_tpu_blocks_fit_vmem():
+  """Unset blocks come from the VMEM budget: D up to 16 prompts x 256 fits
+  16 MiB with feature tiles, and large D is cut into tiles, not refused."""
+  layout = relation_pallas_tpu._Layout.choose  # pylint: disable=protected-access
+  for d, itemsize in itertools.product((256, 2048, 4096, 8192), (4, 2)):
+    for backward in (False, True):
+      lay = layout(4096, C, d, itemsize, backward=backward, block_q=None,
+                   block_k=None, block_d=None, vmem_limit_bytes=16 * 2**20)
+      estimate = relation_pallas_tpu._pass_vmem_bytes(  # pylint: disable=protected-access
+          backward, lay.block_q, lay.block_k, lay.block_d, C, itemsize, lay.tiles > 1)
+      assert estimate <= 0.8 * 16 * 2**20
+      assert lay.d_pad >= d and lay.d_pad % lay.block_d == 0
+  small = layout(4096, C, 256, 4, backward=True, block_q=None, block_k=None,
+                 block_d=None, vmem_limit_bytes=16 * 2**20)
+  assert (small.block_q, small.block_k, small.tiles) == (256, 256, 1)
+  big = layout(4096, C, 4096, 4, backward=True, block_q=None, block_k=None,
+               block_d=None, vmem_limit_bytes=16 * 2**20)
+  assert big.tiles > 1
+
+
+def test_auto_picks_by_lowering_platform():
+  """One traced program: XLA's path on CPU, Mosaic on TPU, Triton on CUDA."""
+  e, v = jnp.ones((1, 300, 32)), jnp.ones((1, 300, 64))
+  grads = jax.jit(jax.grad(lambda e, v: jnp.sum(relation_attention(e, v)),
+                           argnums=(0, 1)))
+  traced = grads.trace(e, v)
+  texts = {p: traced.lower(lowering_platforms=(p,)).as_text()
+           for p in ("cpu", "tpu", "cuda")}
+  mosaic, triton = "@tpu_custom_call", "@__gpu$xla.gpu.triton"
+  assert mosaic not in texts["cpu"] and triton not in texts["cpu"]
+  # Forward, then the backward's row and column kernels (and dV's on GPU).
+  assert (texts["tpu"].count(mosaic), texts["tpu"].count(triton)) == (3, 0)
+  assert (texts["cuda"].count(mosaic), texts["cuda"].count(triton)) == (0, 4)
+  want = jax.jit(jax.grad(lambda e, v: jnp.sum(relation_attention(
+      e, v, impl="xla")), argnums=(0, 1)))(e, v)
+  for got, ref in zip(grads(e, v), want):
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("args, kwargs, match", [
@@ -263,6 +308,10 @@ def test_auto_is_xla_on_cpu():
      "unknown option"),
     ((np.ones((1, 8, 4)), np.ones((1, 8, 2))),
      {"impl": "pallas_tpu", "interpret": True, "block_q": 100}, "block_q"),
+    ((np.ones((1, 8, 4)), np.ones((1, 8, 2))),
+     {"impl": "pallas_tpu", "interpret": True, "block_d": 64}, "block_d"),
+    ((np.ones((1, 8, 4)), np.ones((1, 8, 2))), {"block_q": 128},
+     "takes no options"),
 ])
 def test_user_errors(args, kwargs, match):
   with pytest.raises(SptUserError, match=match):
@@ -271,9 +320,11 @@ def test_user_errors(args, kwargs, match):
 
 def test_shared_user_errors():
   with pytest.raises(SptUserError, match="relation_attention_shared: v"):
-    relation_attention_shared(np.ones((8, 4)), np.ones((2, 7, 3)))
+    relation_attention_shared(np.ones((1, 8, 4)), np.ones((1, 2, 7, 3)))
+  with pytest.raises(SptUserError, match="relation_attention_shared: v"):
+    relation_attention_shared(np.ones((2, 8, 4)), np.ones((1, 2, 8, 3)))
   with pytest.raises(SptUserError, match="relation_attention_shared: e"):
-    relation_attention_shared(np.ones((2, 8, 4)), np.ones((2, 8, 3)))
+    relation_attention_shared(np.ones((8, 4)), np.ones((1, 2, 8, 3)))
 
 
 def test_impl_names():

@@ -22,9 +22,9 @@ from spt_jax.data.prompts import PromptConfig
 from spt_jax.models.sam import init_variables
 from spt_jax.spt.losses import LossSpec
 from spt_jax.spt.model import Spt
-from spt_jax.train import step as step_lib
 from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
-from spt_jax.train.trainable import SPT_TRAINABLE, partition
+from spt_jax.train.sharded_step import sharded_train_step
+from spt_jax.train.trainable import SPT_TRAINABLE
 
 NUM_IMAGES = 8
 PROMPT_CONFIG = PromptConfig(per_region=True, max_prompts=2)
@@ -57,13 +57,11 @@ def tiny_batch(rows: slice = slice(None)) -> dict[str, np.ndarray]:
 
 @functools.cache
 def tiny_model():
-  """(model, variables, optimizer, pure train step)."""
+  """(model, variables, optimizer, loss)."""
   model = Spt(TINY_SPEC, relation_impl="xla")
   variables = init_variables(model, jax.random.PRNGKey(0))
   optimizer = make_optimizer(OptimizerSpec(learning_rate=LEARNING_RATE))
-  loss = LossSpec(num_points=16 * 16)
-  return model, variables, optimizer, step_lib.make_train_step(model, optimizer, loss,
-                                                               PROMPT_CONFIG)
+  return model, variables, optimizer, LossSpec(num_points=16 * 16)
 
 
 def forward_metrics(model, variables, batch) -> dict[str, jax.Array]:
@@ -93,25 +91,20 @@ class MeshRun:
 def run_on_mesh(spec: parallel.MeshSpec, devices=None,
                 local_batch: dict[str, np.ndarray] | None = None) -> MeshRun:
   """STEPS train steps, then the forward pass, sharded as `spec` says."""
-  model, variables, optimizer, train_step = tiny_model()
+  model, variables, optimizer, loss = tiny_model()
   mesh = parallel.make_mesh(spec, devices)
-  shardings = parallel.shard_tree(variables, mesh, spec.rules)
-  trainable_sh, frozen_sh = partition(shardings, SPT_TRAINABLE)
-  trainable, frozen = partition(parallel.place(variables, shardings), SPT_TRAINABLE)
-  state = step_lib.init_train_state(trainable, optimizer, jax.random.PRNGKey(1))
-  state_sh = parallel.train_state_shardings(state, trainable_sh, optimizer, mesh)
-  state = parallel.place(state, state_sh)
-  batch_sh = parallel.batch_sharding(mesh, spec.rules)
+  program = sharded_train_step(model, variables, SPT_TRAINABLE, optimizer, loss,
+                               PROMPT_CONFIG, mesh, spec.rules)
+  state, frozen = program.initial_state(variables, jax.random.PRNGKey(1))
   batch = parallel.global_batch(tiny_batch() if local_batch is None else local_batch,
-                                batch_sh)
-  step = parallel.make_sharded_train_step(train_step, mesh, state_sh, frozen_sh, batch_sh,
-                                          spec.rules)
+                                program.batch_sharding)
   losses = []
   for _ in range(STEPS):
-    state, metrics = step(state, frozen, batch)
+    state, metrics = program.step(state, frozen, batch)
     losses.append(float(metrics["loss"]))
   forward = parallel.sharded_jit(functools.partial(forward_metrics, model), mesh,
-                                 (shardings, batch_sh), batch_sh, spec.rules)
-  outputs = forward(parallel.place(variables, shardings), batch)
-  return MeshRun(mesh, losses, state, frozen, state_sh,
+                                 (program.shardings, program.batch_sharding),
+                                 program.batch_sharding, spec.rules)
+  outputs = forward(parallel.place(variables, program.shardings), batch)
+  return MeshRun(mesh, losses, state, frozen, program.state_shardings,
                  {k: parallel.local_rows(v) for k, v in outputs.items()})

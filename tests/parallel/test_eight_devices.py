@@ -8,6 +8,7 @@ runs with -m slow). Run alone:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest -m "" tests/parallel/test_eight_devices.py
 """
 
+import functools
 import math
 
 import jax
@@ -19,6 +20,7 @@ from flax import traverse_util
 from sharded_tiny import NUM_IMAGES, run_on_mesh, tiny_batch
 from spt_jax import parallel
 from spt_jax.errors import SptUserError
+from spt_jax.kernels import relation_attention_shared
 from spt_jax.models.config import sam_preset
 from spt_jax.models.sam import init_variables
 from spt_jax.spt.model import Spt
@@ -101,6 +103,47 @@ def test_global_batch_round_trip_and_text_stays_on_host():
   assert batch["image"].addressable_shards[0].data.shape[0] == NUM_IMAGES // 4
   for key, value in batch.items():
     np.testing.assert_array_equal(parallel.local_rows(value), local[key])
+
+
+@pytest.mark.parametrize("impl, options", [
+    ("xla", {}), ("pallas_tpu", {"interpret": True}), ("pallas_gpu", {"interpret": True})])
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 1, 8), (8, 1, 1)])
+def test_relation_kernels_per_shard_match_unsharded(impl, options, mesh_shape):
+  """Under a mesh the fused relation runs per shard (images over data/fsdp, the
+  stacked prompts' features over model, dE summed across them): forward and
+  gradients equal the unsharded reference and the unsharded kernel."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  e = jax.random.normal(keys[0], (8, 200, 64))
+  v = jax.random.normal(keys[1], (8, 8, 200, 32))
+  d_out = jax.random.normal(keys[2], v.shape)
+  spec = parallel.MeshSpec(shape=mesh_shape)
+  mesh = parallel.make_mesh(spec)
+
+  def value_and_grads(alpha, impl, options, sharded):
+    def fn(e, v, d_out):
+      call = functools.partial(relation_attention_shared, alpha=alpha, impl=impl, **options)
+      if not sharded:
+        return (call(e, v), *jax.vjp(call, e, v)[1](d_out))
+      with parallel.activation_constraints(mesh, spec.rules):
+        out, vjp = jax.vjp(call, e, v)
+        return (out, *vjp(d_out))
+    return jax.jit(fn), fn
+
+  for alpha in (0.0, 0.5):
+    sharded, sharded_fn = value_and_grads(alpha, impl, options, True)
+    jaxpr = str(jax.make_jaxpr(sharded_fn)(e, v, d_out))
+    assert jaxpr.count("shard_map") >= 2  # the forward and the backward
+    assert ("psum" in jaxpr) == (mesh_shape[2] > 1)  # dE over the feature shards
+    got = sharded(e, v, d_out)
+    alone = value_and_grads(alpha, impl, options, False)[0](e, v, d_out)
+    for name, g, a in zip(("out", "de", "dv"), got, alone):
+      np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))),
+                                 err_msg=f"{impl} {mesh_shape} alpha={alpha} {name}")
+    if not alpha:
+      want = value_and_grads(alpha, "reference", {}, False)[0](e, v, d_out)
+      for name, g, w in zip(("out", "de", "dv"), got, want):
+        scale = float(jnp.max(jnp.abs(w)))
+        assert float(jnp.max(jnp.abs(g - w))) <= 2e-5 * scale, (impl, mesh_shape, name)
 
 
 # ---------------------------------------------------------------- slow: the tiny SPT

@@ -101,7 +101,7 @@ def test_distributed_start_is_off_unless_asked(monkeypatch):
 
 
 def test_one_device_run_of_the_sharded_functions():
-  model, variables, optimizer, train_step = tiny_model()
+  model, variables, _, _ = tiny_model()
   spec = parallel.MeshSpec()
   mesh = parallel.make_mesh(spec)
   shardings = parallel.shard_tree(variables, mesh, spec.rules)
@@ -118,7 +118,6 @@ def test_one_device_run_of_the_sharded_functions():
              for x in jax.tree_util.tree_leaves(abstract))
   assert parallel.bytes_per_device(variables, shardings) == sum(
       x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(variables))
-  del optimizer, train_step
 
 
 def test_activation_constraints_hit_every_two_way_block():

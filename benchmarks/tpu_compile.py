@@ -1,0 +1,116 @@
+r"""What one TPU chip holds for the full-size SPT train step and evaluation, compiled here.
+
+    python -m benchmarks.tpu_compile --model vit_b --topology v5e:2x4 --mesh 2x2x2 \
+        [--images 8] [--prompts 8] [--dtype float32] [--remat] [--programs train,eval]
+
+Compiles with the real TPU compiler (libtpu, compile-only devices of the slice: see
+spt_jax/aot.py; nothing is allocated) the programs the main job runs on that slice,
+built by the project's own code: the sharded train step (the paper's point-sampled
+loss, AdamW, SPT's trainable rules) for a global batch of `--images` 1024 px images
+with `--prompts` per-region box prompts each, and the evaluator's per-batch forward
+(`--images` images, one box each, metrics at a 1024 px canvas). `--mesh`,
+`--dtype` and `--model` take comma-separated lists; every combination is one row.
+
+Per chip, from `compiled.memory_analysis()`: arguments (this chip's shards of the
+frozen base, the train state and the batch), temp (XLA's temporaries), peak
+(arguments + temp + outputs not aliased to donated arguments) against the chip's HBM;
+the fused kernel calls in the compiled program (Mosaic), its collectives by kind, and
+the compile time on this host.
+"""
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+from spt_jax import aot
+from spt_jax import config as config_lib
+from spt_jax import parallel
+from spt_jax.data.pipeline import DataConfig, batch_spec
+from spt_jax.data.prompts import PromptConfig
+from spt_jax.evaluate.evaluator import Evaluator
+from spt_jax.models.config import sam_preset
+from spt_jax.models.sam import init_variables
+from spt_jax.spt.losses import LossSpec
+from spt_jax.spt.model import Spt
+from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
+from spt_jax.train.sharded_step import sharded_train_step
+from spt_jax.train.trainable import SPT_TRAINABLE
+
+GIB = 2 ** 30
+ABBREVIATIONS = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS",
+                 "all-to-all": "A2A", "collective-permute": "CP"}
+
+
+def compile_program(program: str, model_name: str, dtype: str, mesh_shape, devices, args):
+  """(figures, compile seconds) of one program of `model_name` on the mesh."""
+  model = Spt(sam_preset(model_name), dtype=jnp.dtype(dtype), remat=args.remat,
+              relation_impl="auto")
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
+  spec = parallel.MeshSpec(shape=mesh_shape)
+  start = time.perf_counter()
+  if program == "train":
+    prompt = PromptConfig(per_region=True, max_prompts=args.prompts)
+    step = sharded_train_step(model, variables, SPT_TRAINABLE,
+                              make_optimizer(OptimizerSpec()), LossSpec(), prompt,
+                              parallel.make_mesh(spec, devices), spec.rules)
+    batch = batch_spec(DataConfig(image_size=model.spec.image_size,
+                                  batch_size=args.images, prompt=prompt))
+    lowered = step.step.lower(*step.abstract_inputs(variables, batch))
+  else:
+    config = config_lib.base_config()
+    config.data.eval.batch_size = args.images
+    config.data.eval.original_canvas = model.spec.image_size
+    forward, inputs = Evaluator(config, model, "", spec,
+                                parallel.make_mesh(spec, devices)).program(variables)
+    lowered = forward.lower(*inputs)
+  compiled = lowered.compile()
+  return aot.figures(compiled), time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="vit_b", help="vit_b, vit_l, vit_h; comma list")
+  parser.add_argument("--topology", default="v5e:2x4",
+                      help="TPU slice, e.g. v5e:2x4 (8 chips), v5p:2x2x2, v4:2x2x1")
+  parser.add_argument("--mesh", default="8x1x1",
+                      help="data x fsdp x model, e.g. 2x2x2; comma list")
+  parser.add_argument("--images", type=int, default=8, help="global batch")
+  parser.add_argument("--prompts", type=int, default=8, help="per image, training")
+  parser.add_argument("--dtype", default="float32", help="float32, bfloat16; comma list")
+  parser.add_argument("--remat", action="store_true", help="rematerialise encoder blocks")
+  parser.add_argument("--programs", default="train,eval")
+  args = parser.parse_args()
+  jax.config.update("jax_platforms", "cpu")  # this host's own backend; TPU: compile only
+  all_devices = aot.tpu_devices(args.topology)
+  hbm = aot.device_hbm_bytes(all_devices[0])
+  print(f"{args.topology}: {len(all_devices)} {all_devices[0].device_kind} devices, "
+        f"{hbm / GIB:.1f} GiB HBM each; global batch {args.images} images at 1024 px, "
+        f"{args.prompts} box prompts each in training (1 in eval); remat={args.remat}; "
+        "GiB per chip, compiled by libtpu")
+  header = ("| model | program | dtype | mesh d x f x m | args | temp | peak | fits | "
+            "Mosaic calls | collectives | compile s |")
+  print(header)
+  print("|" + "---|" * (header.count("|") - 1))
+  meshes = [tuple(int(s) for s in m.split("x")) for m in args.mesh.split(",")]
+  for model_name in args.model.split(","):
+    for program in args.programs.split(","):
+      for dtype in args.dtype.split(","):
+        for mesh_shape in meshes:
+          devices = all_devices[:math.prod(mesh_shape)]
+          figures, seconds = compile_program(program, model_name, dtype, mesh_shape,
+                                             devices, args)
+          gib = lambda n: f"{n / GIB:.2f}"
+          collectives = ", ".join(f"{ABBREVIATIONS[k]} {v}"
+                                  for k, v in figures.collectives.items()) or "none"
+          print(f"| {model_name} | {program} | {dtype} | "
+                f"{'x'.join(map(str, mesh_shape))} | {gib(figures.arguments)} | "
+                f"{gib(figures.temp)} | {gib(figures.peak)} | "
+                f"{'yes' if figures.peak <= hbm else 'NO'} | {figures.mosaic_calls} | "
+                f"{collectives} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,118 @@
+"""Compiling for accelerators that are not attached: TPU topologies and what a chip holds.
+
+With libtpu available, JAX describes a TPU slice that is not present
+(`jax.experimental.topologies`), and `jax.jit(f).lower(*abstract).compile()` on a
+mesh of its devices runs the real TPU compiler: Mosaic's passes and VMEM check,
+the SPMD partitioner, the per-chip buffer assignment. Nothing is allocated.
+
+libtpu is looked up, first found: $TPU_LIBRARY_PATH; an importable `libtpu` (the
+`tpu` extra, as on a TPU VM); `<venv>/libtpu/libtpu/libtpu.so`, where `make setup`
+puts it. That last place is outside the import path on purpose: JAX loads an
+importable libtpu at every start and, on a host without TPUs, warns about it;
+from there it is loaded only when a topology is asked for.
+"""
+
+import collections
+import dataclasses
+import importlib.util
+import os
+import re
+import sys
+
+import jax
+from jax.experimental import topologies
+from jax._src.pallas.mosaic import tpu_info  # device kind -> chip version
+from jax.experimental.pallas import tpu as pltpu
+
+from spt_jax.errors import SptUserError
+
+# Where `make setup` installs libtpu (pip --target), relative to the environment.
+LIBTPU_DIR = "libtpu"
+# What libtpu would otherwise ask the metadata server for, on a host that is no TPU VM.
+_QUIET_TPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                  "TPU_ACCELERATOR_TYPE": "v5litepod-8"}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+               "collective-permute")
+_COLLECTIVE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'
+TRITON_CALL = "__gpu$xla.gpu.triton"
+
+
+def libtpu_path() -> str | None:
+  """The libtpu shared library to compile with, or None (module docstring)."""
+  from_env = os.environ.get("TPU_LIBRARY_PATH")
+  if from_env and os.path.isfile(from_env):
+    return from_env
+  spec = importlib.util.find_spec("libtpu")
+  candidates = [os.path.join(sys.prefix, LIBTPU_DIR, "libtpu", "libtpu.so")]
+  if spec is not None and spec.submodule_search_locations:
+    candidates.insert(0, os.path.join(spec.submodule_search_locations[0], "libtpu.so"))
+  return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+def tpu_devices(topology: str, chips: int | None = None) -> list:
+  """Compile-only devices of a TPU slice, e.g. 'v5e:2x2', 'v5p:2x2x2'.
+
+  Args:
+    topology: '<generation>:<chips per dim>' as `topologies.get_topology_desc` takes it.
+    chips: the first `chips` devices only (e.g. 1 of a 2x2 slice), default all.
+
+  Raises:
+    SptUserError: libtpu is not installed, or the topology is unknown.
+  """
+  path = libtpu_path()
+  if path is None:
+    raise SptUserError(
+        "compiling for TPU needs libtpu: `make setup` installs it under "
+        f"{os.path.join(sys.prefix, LIBTPU_DIR)}, `pip install -e '.[tpu]'` "
+        "installs it as a package, or set TPU_LIBRARY_PATH to libtpu.so")
+  for key, value in _QUIET_TPU_ENV.items():
+    os.environ.setdefault(key, value)
+  os.environ["TPU_LIBRARY_PATH"] = path
+  try:
+    devices = list(topologies.get_topology_desc(topology, "tpu").devices)
+  except (RuntimeError, ValueError) as error:
+    raise SptUserError(f"TPU topology {topology!r}: {error}") from None
+  return devices[:chips] if chips else devices
+
+
+def device_hbm_bytes(device) -> int:
+  """HBM of one TPU device (a chip, or both cores of a megacore) by its kind."""
+  chip = tpu_info.chip_version_from_device_kind(device.device_kind)
+  if chip is None:
+    raise SptUserError(f"unknown TPU device kind {device.device_kind!r}")
+  cores = getattr(device, "num_cores", 1)  # per-core figures (megacore: 2 cores)
+  return pltpu.get_tpu_info_for_chip(chip, cores).hbm_capacity_bytes * cores
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+  """What one device of a compiled program holds and runs (bytes, counts).
+
+  peak: arguments + temporaries + outputs not aliased to (donated) arguments.
+  mosaic_calls / triton_calls: fused kernel calls in the compiled program.
+  collectives: {kind: count} of the cross-device operations.
+  """
+  arguments: int
+  temp: int
+  outputs: int
+  aliased: int
+  mosaic_calls: int
+  triton_calls: int
+  collectives: dict[str, int]
+
+  @property
+  def peak(self) -> int:
+    return self.arguments + self.temp + self.outputs - self.aliased
+
+
+def figures(compiled) -> Figures:
+  """Figures of a `jax.stages.Compiled` (its memory analysis and optimised HLO)."""
+  memory = compiled.memory_analysis()
+  text = compiled.as_text()
+  counts = collections.Counter(_COLLECTIVE.findall(text))
+  return Figures(
+      arguments=memory.argument_size_in_bytes, temp=memory.temp_size_in_bytes,
+      outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
+      mosaic_calls=text.count(MOSAIC_CALL), triton_calls=text.count(TRITON_CALL),
+      collectives={kind: counts[kind] for kind in COLLECTIVES if counts[kind]})
