@@ -19,7 +19,6 @@ import os
 import re
 import sys
 
-import jax
 from jax.experimental import topologies
 from jax._src.pallas.mosaic import tpu_info  # device kind -> chip version
 from jax.experimental.pallas import tpu as pltpu

@@ -11,7 +11,8 @@ Fields:
   model.type         size when base is '': a preset ('vit_b'/'vit_l'/'vit_h') or 'tiny'.
   model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
   model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
-  model.relation_impl, dtype, remat, query_chunk: see spt_jax.spt.model / models.sam.
+  model.relation_impl, global_attention_impl, dtype, remat, query_chunk: see
+                     spt_jax.spt.model / models.sam.
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
                      steps and trainable rules of SPT or a baseline.
   trainable          regexes on 'collection/module/.../leaf' paths that train (empty:
@@ -101,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       base="", type="vit_b",
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
-      sdt_steps=2, relation_impl="auto", dtype="float32", remat=False, query_chunk=1024))
+      sdt_steps=2, relation_impl="auto", global_attention_impl="auto", dtype="float32",
+      remat=False, query_chunk=1024))
   config.trainable = SPT_TRAINABLE
   config.data = ml_collections.ConfigDict()
   config.data.train = data_defaults(augment=True, shuffle=True, drop_remainder=True)

@@ -8,7 +8,7 @@ slice, or exported for CUDA, carries the TPU or GPU kernel, not the CPU path.
 """
 
 import functools
-from typing import Callable
+from typing import Callable, Collection
 
 from jax import lax
 
@@ -17,11 +17,13 @@ BY_PLATFORM = {"tpu": "pallas_tpu", "cuda": "pallas_gpu"}
 DEFAULT = "xla"
 
 
-def run(impl: str, call: Callable, *args):
+def run(impl: str, available: Collection[str], call: Callable, *args):
   """call(impl, *args), or for impl 'auto' the call of the lowering platform's impl.
 
   Args:
     impl: an implementation name or 'auto'.
+    available: the implementations the op has (a platform whose own is missing gets
+      DEFAULT's).
     call: (implementation name, *args) -> outputs; every implementation must give
       outputs of the same shapes and dtypes.
     *args: arrays.
@@ -29,6 +31,6 @@ def run(impl: str, call: Callable, *args):
   if impl != "auto":
     return call(impl, *args)
   branches = {platform: functools.partial(call, name)
-              for platform, name in BY_PLATFORM.items()}
+              for platform, name in BY_PLATFORM.items() if name in available}
   return lax.platform_dependent(*args, default=functools.partial(call, DEFAULT),
                                 **branches)

@@ -72,30 +72,27 @@ class Sharded:
 
   def spec(self, *names: str | None) -> PartitionSpec:
     """PartitionSpec of an operand whose dims are named `names` (None: whole)."""
-    return PartitionSpec(*(self.axes(n) or None if n else None for n in names))
+    return PartitionSpec(*((self.axes(n) or None) if n else None for n in names))
 
   def run(self, fn: Callable, in_names: Sequence[tuple[str | None, ...]],
-          out_names: Any) -> Callable:
+          out_names: Sequence[tuple[str | None, ...]]) -> Callable:
     """fn on each device's shard of its operands; fn itself without a mesh.
 
     Args:
-      fn: the per-shard computation (it sees local shapes).
+      fn: the per-shard computation (it sees local shapes); returns a tuple.
       in_names: logical names of each positional operand's dims.
-      out_names: the same for its outputs (a tuple of them, or one).
+      out_names: the same for each of its outputs.
     """
     if self.mesh is None:
       return fn
-    specs = lambda names: self.spec(*names)
-    out_specs = (tuple(specs(n) for n in out_names)
-                 if isinstance(out_names[0], tuple) else specs(out_names))
-    return jax.shard_map(fn, mesh=self.mesh,
-                         in_specs=tuple(specs(n) for n in in_names),
-                         out_specs=out_specs, check_vma=False)
+    specs = lambda names_list: tuple(self.spec(*names) for names in names_list)
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=specs(in_names),
+                         out_specs=specs(out_names), check_vma=False)
 
   def sum_over(self, x: jax.Array, name: str) -> jax.Array:
     """x summed over the shards of logical axis `name` (inside `run`'s fn)."""
     axes = self.axes(name)
-    return jax.lax.psum(x, axes) if self.mesh is not None and axes else x
+    return jax.lax.psum(x, axes) if axes else x
 
 
 def current(operands: Sequence[tuple[LogicalNames, Sequence[int]]]) -> Sharded:

@@ -20,25 +20,20 @@ authors' default.
 Implementations (`IMPLS`): "reference" materialises the N x N matrix (the test
 oracle, plain autodiff); "xla" is blocked XLA with O(N x block) memory;
 "pallas_tpu" / "pallas_gpu" are fused Mosaic / Triton kernels. The fused ones
-share one `jax.custom_vjp` whose residuals are (e, v, out, lse, zinv): per-row
-log-sum-exp and inverse kept mass, from which every backward pass recomputes
-the weights blockwise. "auto" picks pallas_tpu on TPU, pallas_gpu on CUDA
+share one `jax.custom_vjp` (`spt_jax.kernels.fused`) whose residuals are (e, v,
+out, lse, zinv): per-row log-sum-exp and inverse kept mass, from which every
+backward pass recomputes the weights blockwise. "auto" picks pallas_tpu on TPU, pallas_gpu on CUDA
 and xla elsewhere, by the platform the program is lowered for
 (`spt_jax.kernels.dispatch`). Under a device mesh the fused passes run per
 shard (`spt_jax.kernels.partition`).
 """
 
-import dataclasses
-import functools
-import inspect
 import numbers
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from spt_jax.errors import SptUserError
-from spt_jax.kernels import dispatch
+from spt_jax.kernels import fused
 from spt_jax.kernels import partition
 from spt_jax.kernels import relation_common as rc
 from spt_jax.kernels import relation_pallas_gpu
@@ -46,98 +41,22 @@ from spt_jax.kernels import relation_pallas_tpu
 from spt_jax.kernels import relation_reference
 from spt_jax.kernels import relation_xla
 
-IMPLS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
 
-_FUSED = {
-    "xla": relation_xla,
-    "pallas_tpu": relation_pallas_tpu,
-    "pallas_gpu": relation_pallas_gpu,
-}
+_FUSED = (
+    ("xla", relation_xla),
+    ("pallas_tpu", relation_pallas_tpu),
+    ("pallas_gpu", relation_pallas_gpu),
+)
+IMPLS = fused.impl_names(_FUSED)
 
 
 # Operand dims by logical axis: images, then tokens, then features. V's features
 # are whole unless they stack several prompts (`relation_attention_shared`), which
-# the mesh may split like the decoders' prompts.
+# the mesh may split like the decoders' prompts; the weights depend on E alone, so a
+# feature shard needs no other, and only dE, a sum over all features, is summed
+# across them.
 _E_NAMES = ("batch", None, None)
 _ROW_NAMES = ("batch", None)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Fused:
-  """Static part of a fused call: implementation, threshold, options, split.
-
-  impl may be 'auto' (chosen per lowering platform, `spt_jax.kernels.dispatch`).
-  Under a mesh every pass runs per shard: images split over the 'batch' axes, V's
-  features over `feature_name`'s; the weights depend on E alone, so a feature
-  shard needs no other, and only dE, a sum over all features, is summed across
-  them.
-  """
-  impl: str
-  threshold: float
-  options: tuple[tuple[str, Any], ...]
-  sharded: partition.Sharded
-  feature_name: str | None
-
-  def _pass(self, name, *args):
-    kwargs = dict(self.options, threshold=self.threshold)
-    return dispatch.run(
-        self.impl, lambda impl, *a: getattr(_FUSED[impl], name)(*a, **kwargs), *args)
-
-  def forward(self, e, v):
-    """-> out (B, N, D), lse (B, N), zinv (B, N)."""
-    v_names = ("batch", None, self.feature_name)
-    return self.sharded.run(
-        functools.partial(self._pass, "forward"), (_E_NAMES, v_names),
-        (v_names, _ROW_NAMES, _ROW_NAMES))(e, v)
-
-  def backward(self, e, v, out, lse, zinv, d_out):
-    """-> de (B, N, C), dv (B, N, D)."""
-    v_names = ("batch", None, self.feature_name)
-
-    def per_shard(*args):
-      de, dv = self._pass("backward", *args)
-      return self.sharded.sum_over(de, self.feature_name), dv
-
-    return self.sharded.run(
-        per_shard, (_E_NAMES, v_names, v_names, _ROW_NAMES, _ROW_NAMES, v_names),
-        (_E_NAMES, v_names))(e, v, out, lse, zinv, d_out)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fused_attention(e, v, fused):
-  return fused.forward(e, v)[0]
-
-
-def _fused_attention_fwd(e, v, fused):
-  out, lse, zinv = fused.forward(e, v)
-  return out, (e, v, out, lse, zinv)
-
-
-def _fused_attention_bwd(fused, residuals, d_out):
-  return fused.backward(*residuals, d_out)
-
-
-_fused_attention.defvjp(_fused_attention_fwd, _fused_attention_bwd)
-
-
-def _resolve_impl(impl, options):
-  if impl not in IMPLS:
-    raise SptUserError(
-        f"relation_attention: impl must be one of {IMPLS}, got {impl!r}")
-  if impl in ("auto", "reference"):
-    if options:
-      raise SptUserError(
-          f"relation_attention: impl={impl!r} takes no options, got "
-          f"{sorted(options)}; name an implementation to pass its options")
-    return impl
-  valid = set(inspect.signature(_FUSED[impl].forward).parameters) - {
-      "e", "v", "threshold"}
-  unknown = sorted(set(options) - valid)
-  if unknown:
-    raise SptUserError(
-        f"relation_attention: unknown option(s) {unknown} for impl={impl!r}; "
-        f"expected some of {sorted(valid)}")
-  return impl
 
 
 def _check_alpha(alpha):
@@ -148,28 +67,20 @@ def _check_alpha(alpha):
   return float(alpha)
 
 
-def _check_array(caller, name, x, rank, shape_doc):
-  if not hasattr(x, "shape") or x.ndim != rank:
-    got = getattr(x, "shape", type(x).__name__)
-    raise SptUserError(
-        f"{caller}: {name} must have shape {shape_doc}, got {got}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise SptUserError(
-        f"{caller}: {name} must be a floating array (float32 or bfloat16), "
-        f"got dtype {x.dtype}")
-
-
 def _attend(e, v, alpha, impl, options, feature_name):
   """The checked call: reference formula or the fused custom VJP, split by mesh."""
   alpha = _check_alpha(alpha)
-  impl = _resolve_impl(impl, options)
+  impl = fused.check_impl("relation_attention", impl, _FUSED, options)
   if impl == "reference":
     return relation_reference.relation_attention_reference(e, v, alpha=alpha)
-  sharded = partition.current(
-      ((_E_NAMES, e.shape), (("batch", None, feature_name), v.shape)))
-  fused = _Fused(impl, rc.threshold_for(alpha, e.shape[1]),
-                 tuple(sorted(options.items())), sharded, feature_name)
-  return _fused_attention(e, v, fused)
+  v_names = ("batch", None, feature_name)
+  kwargs = dict(options, threshold=rc.threshold_for(alpha, e.shape[1]))
+  op = fused.Fused(
+      _FUSED, impl, tuple(sorted(kwargs.items())),
+      partition.current(((_E_NAMES, e.shape), (v_names, v.shape))),
+      input_names=(_E_NAMES, v_names), output_names=(v_names, _ROW_NAMES, _ROW_NAMES),
+      summed=((0, feature_name),) if feature_name else ())
+  return fused.apply(op, e, v)
 
 
 def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
@@ -199,8 +110,8 @@ def relation_attention(e, v, *, alpha=0.0, impl="auto", **options):
       backend it does not target fails in JAX's lowering instead: this keeps
       cross-platform lowering and export possible.)
   """
-  _check_array("relation_attention", "e", e, 3, "(B, N, C)")
-  _check_array("relation_attention", "v", v, 3, "(B, N, D)")
+  fused.check_array("relation_attention", "e", e, 3, "(B, N, C)")
+  fused.check_array("relation_attention", "v", v, 3, "(B, N, D)")
   if e.shape[1] < 1:
     raise SptUserError(
         f"relation_attention: e must hold at least one token, got {e.shape}")
@@ -226,8 +137,8 @@ def relation_attention_shared(e, v, *, alpha=0.0, impl="auto", **options):
   Returns:
     (B, P, N, D) in v's dtype.
   """
-  _check_array("relation_attention_shared", "e", e, 3, "(B, N, C)")
-  _check_array("relation_attention_shared", "v", v, 4, "(B, P, N, D)")
+  fused.check_array("relation_attention_shared", "e", e, 3, "(B, N, C)")
+  fused.check_array("relation_attention_shared", "v", v, 4, "(B, P, N, D)")
   b, p, n, d = v.shape
   if e.shape[1] < 1 or (b, n) != (e.shape[0], e.shape[1]):
     raise SptUserError(

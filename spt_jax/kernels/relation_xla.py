@@ -18,33 +18,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from spt_jax.kernels import blocked
 from spt_jax.kernels import relation_common as rc
 
 DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_Q_BWD = 256
-
-
-def _block_loop(n, block, body, init):
-  """Runs body(start, fresh, carry) over row blocks [start, start + block).
-
-  The last block is shifted back to end at row n instead of being padded;
-  fresh (block, 1) marks its rows that the previous block did not cover (a
-  body that accumulates must ignore the others). Results are written in place
-  into carried (n, ...) buffers: no blocked copy of any input or output.
-  """
-  def step(i, carry):
-    start = jnp.minimum(i * block, n - block)
-    fresh = (start + jnp.arange(block) >= i * block)[:, None]
-    return body(start, fresh, carry)
-  return jax.lax.fori_loop(0, -(-n // block), step, init)
-
-
-def _rows(x, start, block):
-  return jax.lax.dynamic_slice_in_dim(x, start, block)
-
-
-def _put_rows(x, start, rows):
-  return jax.lax.dynamic_update_slice_in_dim(x, rows.astype(x.dtype), start, 0)
 
 
 def _row_scores(e, inv, start, block):
@@ -56,7 +34,7 @@ def _row_scores(e, inv, start, block):
   Returns:
     s (block, N) float32, and the block's e_q (block, C), inv_q (block, 1).
   """
-  e_q, inv_q = _rows(e, start, block), _rows(inv, start, block)
+  e_q, inv_q = blocked.rows(e, start, block), blocked.rows(inv, start, block)
   s = rc.mask_scores(rc.dot_nt(e_q, e) * inv_q * inv.T, start, 0)
   return s, e_q, inv_q
 
@@ -80,12 +58,12 @@ def _forward_one(e, v, *, threshold, block_q):
     else:
       zinv_q, scale = jnp.ones_like(l), 1.0 / l
     out_q = rc.dot_nn(p.astype(v.dtype), v) * scale
-    return (_put_rows(out, start, out_q), _put_rows(lse, start, lse_q),
-            _put_rows(zinv, start, zinv_q))
+    return (blocked.put_rows(out, start, out_q), blocked.put_rows(lse, start, lse_q),
+            blocked.put_rows(zinv, start, zinv_q))
 
   init = (jnp.zeros(v.shape, v.dtype), jnp.zeros((n, 1), jnp.float32),
           jnp.zeros((n, 1), jnp.float32))
-  out, lse, zinv = _block_loop(n, block_q, body, init)
+  out, lse, zinv = blocked.block_loop(n, block_q, body, init)
   return out, lse[:, 0], zinv[:, 0]
 
 
@@ -99,7 +77,7 @@ def _backward_one(e, v, out, lse, zinv, d_out, *, threshold, block_q):
 
   def body(start, fresh, carry):
     d_en, dv = carry
-    rows = functools.partial(_rows, start=start, block=block_q)
+    rows = functools.partial(blocked.rows, start=start, block=block_q)
     s, e_q, inv_q = _row_scores(e, inv, start, block_q)
     p = rc.probs_from_stats(s, rows(lse), rows(zinv), threshold)
     # Rows the previous block already did get zero cotangent, hence ds = 0.
@@ -108,12 +86,12 @@ def _backward_one(e, v, out, lse, zinv, d_out, *, threshold, block_q):
     ds = rc.score_grad(p, rc.dot_nt(d_out_q, v), fresh_rows(delta))
     # Column term dS^T En_q for all rows, row term dS En for the block's rows.
     d_en += rc.dot_tn((ds * inv_q).astype(e.dtype), e_q)
-    d_en = _put_rows(d_en, start, rows(d_en) + rc.dot_nn(
+    d_en = blocked.put_rows(d_en, start, rows(d_en) + rc.dot_nn(
         (ds * inv.T).astype(e.dtype), e))
     return d_en, dv + rc.dot_tn(p.astype(d_out.dtype), d_out_q)
 
   init = (jnp.zeros(e.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-  d_en, dv = _block_loop(n, block_q, body, init)
+  d_en, dv = blocked.block_loop(n, block_q, body, init)
   return rc.normalize_rows_vjp(e, d_en).astype(e.dtype), dv.astype(v.dtype)
 
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spt_jax.kernels import global_attention
 from spt_jax.models import attention
 from spt_jax.models.config import AdapterSpec, EncoderSpec, NO_ADAPTERS
 from spt_jax.models.layers import (ADAPTERS, Dense, MLPBlock, ParallelAdapter, exact_gelu,
@@ -21,6 +22,10 @@ from spt_jax.ops.resize import linear_resize_matrix
 
 ENCODER_LN_EPS = 1e-6
 Dtype = Any
+# The encoder's own attention core (`spt_jax.models.attention`: autodiff over query
+# chunks); every other name is an implementation of `spt_jax.kernels.global_attention`.
+CHUNKED = "chunked"
+ATTENTION_IMPLS = (CHUNKED,) + global_attention.IMPLS
 
 
 def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -70,10 +75,13 @@ class EncoderAttention(nn.Module):
     query_chunk: queries processed per step of the global attention (memory bound).
     vpt_tokens: learned prompt tokens (ADAPTERS) projected by qkv and attended to as
       extra keys/values by every query, without position bias (0 = none).
+    impl: CHUNKED or a fused global attention implementation (used where there
+      are no prompt tokens).
   """
   num_heads: int
   rel_pos_grid: tuple[int, int]
   query_chunk: int
+  impl: str = CHUNKED
   lora_rank: int = 0
   lora_scaling: float = 0.0
   vpt_tokens: int = 0
@@ -100,20 +108,28 @@ class EncoderAttention(nn.Module):
           self.make_rng("params"), (self.vpt_tokens, dim)))
       extra = qkv_layer(tokens.value).reshape(self.vpt_tokens, 3, self.num_heads, head_dim)
       extra_kv = (extra[:, 1].swapaxes(0, 1), extra[:, 2].swapaxes(0, 1))  # (H, T, C)
-    out = attention.grid_attention_with_rel_pos(q, k, v, table_h, table_w,
-                                                query_chunk=self.query_chunk,
-                                                extra_kv=extra_kv)
+    if extra_kv is None and self.impl != CHUNKED:
+      rel_h, rel_w = global_attention.rel_pos_terms(q, table_h, table_w)
+      tokens = lambda x: x.reshape(batch, self.num_heads, height * width, head_dim)
+      out = global_attention.global_attention(
+          tokens(q), tokens(k), tokens(v), rel_h, rel_w, impl=self.impl).reshape(q.shape)
+    else:
+      out = attention.grid_attention_with_rel_pos(q, k, v, table_h, table_w,
+                                                  query_chunk=self.query_chunk,
+                                                  extra_kv=extra_kv)
     out = out.transpose(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
     return Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block; `window` 0 means global attention."""
+  """Pre-norm transformer block; `window` 0 means global attention (by
+  `global_attention_impl`, see EncoderAttention.impl; windows are CHUNKED)."""
   spec: EncoderSpec
   window: int
   adapters: AdapterSpec = NO_ADAPTERS
   query_chunk: int = 1024
   dtype: Dtype = jnp.float32
+  global_attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -125,7 +141,8 @@ class EncoderBlock(nn.Module):
       x, padded_hw = window_partition(x, self.window)
     rel_pos_grid = ((self.window, self.window) if self.window
                     else (self.spec.grid_size, self.spec.grid_size))
-    x = EncoderAttention(self.spec.num_heads, rel_pos_grid, self.query_chunk,
+    impl = CHUNKED if self.window else self.global_attention_impl
+    x = EncoderAttention(self.spec.num_heads, rel_pos_grid, self.query_chunk, impl,
                          lora_rank=self.adapters.encoder_lora_rank(),
                          lora_scaling=self.adapters.lora_scaling,
                          vpt_tokens=self.adapters.vpt_tokens, dtype=self.dtype,
@@ -165,6 +182,7 @@ class ImageEncoder(nn.Module):
   query_chunk: int = 1024
   remat: bool = False
   dtype: Dtype = jnp.float32
+  global_attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -178,7 +196,7 @@ class ImageEncoder(nn.Module):
     for i in range(spec.depth):
       window = 0 if i in spec.global_attn_indexes else spec.window_size
       x = block_type(spec, window, self.adapters, self.query_chunk, self.dtype,
-                     name=f"blocks_{i}")(x)
+                     self.global_attention_impl, name=f"blocks_{i}")(x)
     return self._neck(x)
 
   def _neck(self, x):

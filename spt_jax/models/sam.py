@@ -41,14 +41,18 @@ class Sam(nn.Module):
     spec: the architecture.
     adapters: which trainable adapters exist (none for plain SAM).
     dtype: compute dtype (parameters stay float32).
-    query_chunk: query tokens per step in the encoder's global attention.
+    query_chunk: query tokens per step of the encoder's own (chunked) attention core.
     remat: rematerialise encoder blocks in the backward pass (saves memory).
+    global_attention_impl: the encoder's global blocks' attention:
+      `image_encoder.CHUNKED` or an implementation of `spt_jax.kernels.
+      global_attention` ('auto': the lowering platform's fused kernel).
   """
   spec: SamSpec
   adapters: AdapterSpec = NO_ADAPTERS
   dtype: Dtype = jnp.float32
   query_chunk: int = 1024
   remat: bool = False
+  global_attention_impl: str = "auto"
 
   def setup(self):
     self.setup_encoders()
@@ -57,7 +61,7 @@ class Sam(nn.Module):
   def setup_encoders(self):
     """The image and prompt encoders (shared with models that change the decoding)."""
     self.image_encoder = ImageEncoder(self.spec.encoder, self.adapters, self.query_chunk,
-                                      self.remat, self.dtype)
+                                      self.remat, self.dtype, self.global_attention_impl)
     self.prompt_encoder = PromptEncoder(self.spec, self.dtype)
 
   def embed_images(self, images: jax.Array) -> jax.Array:

@@ -35,17 +35,6 @@ BOUNDARIES: tuple[tuple[type, dict[int, LogicalNames], tuple[LogicalNames, ...]]
 )
 
 
-def constrain(x: jax.Array, names: LogicalNames, mesh: Mesh,
-              rules: ShardingRules) -> tuple[jax.Array, list[str]]:
-  """x constrained to the sharding of logical axes `names` (aligned to x's first dims).
-
-  Returns the constrained array and the fallbacks taken (see `rules.logical_to_spec`).
-  """
-  names = tuple(names) + (None,) * (x.ndim - len(names))
-  spec, fallbacks = logical_to_spec(names, x.shape, mesh, rules)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), fallbacks
-
-
 @contextlib.contextmanager
 def activation_constraints(mesh: Mesh, rules: ShardingRules = ShardingRules()
                            ) -> Iterator[None]:
@@ -53,15 +42,15 @@ def activation_constraints(mesh: Mesh, rules: ShardingRules = ShardingRules()
   and fused kernels run per shard of `mesh`."""
   fallbacks: list[str] = []
 
-  def constrained(x, names):
-    x, new = constrain(x, names, mesh, rules)
-    fallbacks.extend(new)
-    return x
-
-  def kernel_spec(names, shape):
+  def spec_of(names, shape):
+    """The PartitionSpec of logical axes `names` aligned to the leading dims."""
+    names = tuple(names) + (None,) * (len(shape) - len(names))
     spec, new = logical_to_spec(names, shape, mesh, rules)
     fallbacks.extend(new)
     return spec
+
+  def constrained(x, names):
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec_of(names, x.shape)))
 
   def interceptor(next_fun, args, kwargs, context) -> Any:
     if context.method_name != "__call__":
@@ -74,6 +63,6 @@ def activation_constraints(mesh: Mesh, rules: ShardingRules = ShardingRules()
         return treedef.unflatten([constrained(x, n) for x, n in zip(leaves, outputs)])
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor), partition.partitioned(mesh, kernel_spec):
+  with nn.intercept_methods(interceptor), partition.partitioned(mesh, spec_of):
     yield
   log_fallbacks(fallbacks, "activations")

@@ -4,7 +4,7 @@ Compiled from abstract inputs, nothing allocated: the relation kernels forward a
 backward for one to sixteen prompts (and the most a config allows) on the chip with
 the least VMEM (v4) and on v5e, in float32 and bfloat16; the SPT train step and the
 evaluator's forward of a small SAM through the project's own mesh, sharding, step and
-evaluator code, on one, four and eight chips of v5e and on v5p. Each must compile
+evaluator code, on one, four and eight chips of v5e, four of v5p and eight v4 cores. Each must compile
 (Mosaic's VMEM check, the SPMD partitioner), carry the Mosaic kernels (not the XLA
 path: `relation_impl='auto'` picks by the platform lowered for) and fit the chip's HBM.
 """
@@ -107,6 +107,7 @@ MESHES = (  # (topology, chips, mesh data x fsdp x model)
     ("v5e:2x4", 8, (2, 2, 2)),
     ("v5e:2x4", 8, (1, 4, 2)),
     ("v5p:2x2x1", 4, (2, 1, 2)),
+    ("v4:2x2x1", 8, (1, 4, 2)),
 )
 
 

@@ -13,7 +13,8 @@ from small_models import SMALL_SPEC
 
 
 def _matmul_flops(jaxpr) -> float:
-  """2 x multiply-adds of every dot_general and convolution in `jaxpr`, sub-jaxprs too."""
+  """2 x multiply-adds of every dot_general and convolution in `jaxpr`, sub-jaxprs too
+  (a scan's body times its length)."""
   total = 0.0
   for eqn in jaxpr.eqns:
     out_size = math.prod(eqn.outvars[0].aval.shape)
@@ -25,9 +26,10 @@ def _matmul_flops(jaxpr) -> float:
       rhs_shape = eqn.invars[1].aval.shape
       out_features = rhs_shape[eqn.params["dimension_numbers"].rhs_spec[0]]
       total += 2.0 * out_size * math.prod(rhs_shape) / out_features
-    assert eqn.primitive.name not in ("scan", "while"), "loops would need their trip count"
+    assert eqn.primitive.name != "while", "a loop of unknown trip count"
+    trips = eqn.params["length"] if eqn.primitive.name == "scan" else 1
     for sub in jax.core.jaxprs_in_params(eqn.params):
-      total += _matmul_flops(sub)
+      total += trips * _matmul_flops(sub)
   return total
 
 
@@ -44,7 +46,7 @@ def _rel_pos_bias_flops(spec) -> float:
 
 @pytest.mark.parametrize("spec", [SMALL_SPEC, sam_preset("vit_b")], ids=["small", "vit_b"])
 def test_listed_matmuls_are_the_encoders(spec):
-  model = Sam(spec, query_chunk=spec.encoder.grid_size ** 2)  # one chunk: no loop
+  model = Sam(spec, query_chunk=spec.encoder.grid_size ** 2)
   size = spec.encoder.image_size
   variables = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),

@@ -1,0 +1,122 @@
+"""The fused global attention with decomposed rel-pos against the materialised reference.
+
+Forward and every gradient (q, k, v and, through the rel-pos terms, both tables) of
+each implementation are compared with autodiff of the reference on the same inputs:
+max |x - ref| <= tol * max |ref| per tensor (2e-5 float32, 3e-2 bfloat16). Queries
+are scaled up so that scores reach ~100: a missing or wrong max shift overflows.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spt_jax.errors import SptUserError
+from spt_jax.kernels import global_attention as ga
+
+TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
+FUSED = {"xla": {}}
+
+
+def _inputs(batch, heads, height, width, channels, dtype, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 6)
+  grid = (batch, heads, height, width, channels)
+  q = 3.0 * jax.random.normal(keys[0], grid)
+  k, v = (jax.random.normal(key, grid) for key in keys[1:3])
+  table_h = jax.random.normal(keys[3], (height, height, channels))
+  table_w = jax.random.normal(keys[4], (width, width, channels))
+  d_out = jax.random.normal(keys[5], (batch, heads, height * width, channels))
+  return tuple(x.astype(dtype) for x in (q, k, v, table_h, table_w, d_out))
+
+
+def _grid_attention(impl, options, q, k, v, table_h, table_w):
+  rel_h, rel_w = ga.rel_pos_terms(q, table_h, table_w)
+  flat = lambda x: x.reshape(x.shape[:2] + (-1, x.shape[-1]))
+  return ga.global_attention(flat(q), flat(k), flat(v), rel_h, rel_w, impl=impl,
+                             **options)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _value_and_grads(impl, options, q, k, v, table_h, table_w, d_out):
+  fn = lambda *args: _grid_attention(impl, dict(options), *args)
+  out, vjp = jax.vjp(fn, q, k, v, table_h, table_w)
+  return (out, *vjp(d_out))
+
+
+def _assert_close(name, got, want, tol):
+  got, want = (np.asarray(x, np.float32) for x in (got, want))
+  assert np.all(np.isfinite(got)), f"{name}: not finite"
+  err, scale = np.max(np.abs(got - want)), np.max(np.abs(want))
+  assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x max|ref| {scale:.3g}"
+
+
+CASES = [  # (B, H, h, w, C, dtype, options)
+    ((2, 3, 8, 12, 16), "float32", {}),
+    ((1, 2, 16, 16, 32), "float32", {"block_q": 40, "block_q_bwd": 96}),
+    ((1, 2, 16, 16, 32), "bfloat16", {"block_q": 64}),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, options", CASES, ids=str)
+@pytest.mark.parametrize("impl", FUSED)
+def test_matches_reference(impl, shape, dtype, options):
+  *inputs, d_out = _inputs(*shape, dtype)
+  want = _value_and_grads("reference", (), *inputs, d_out)
+  got = _value_and_grads(impl, tuple(sorted({**FUSED[impl], **options}.items())), *inputs,
+                         d_out)
+  assert got[0].dtype == jnp.dtype(dtype) and got[0].shape == want[0].shape
+  for name, g, w in zip(("out", "dq", "dk", "dv", "d_table_h", "d_table_w"), got, want):
+    _assert_close(f"{impl} {shape} {dtype} {name}", g, w, TOLERANCE[dtype])
+
+
+def _largest_intermediate(jaxpr):
+  """Largest element count of any value in a jaxpr and its sub-jaxprs."""
+  largest = 0
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          largest = max(largest, _largest_intermediate(sub))
+  return largest
+
+
+@pytest.mark.parametrize("impl", FUSED)
+def test_no_n_by_n_intermediate(impl):
+  """vit_b's global grid, one head: no value of N x N in the forward or backward."""
+  n, channels = 64 * 64, 64
+  spec = lambda last: jax.ShapeDtypeStruct((1, 1, n, last), jnp.float32)
+  loss = lambda q, k, v, rel_h, rel_w: jnp.sum(ga.global_attention(
+      q, k, v, rel_h, rel_w, impl=impl, **FUSED[impl]))
+  args = (spec(channels), spec(channels), spec(channels), spec(64), spec(64))
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=range(5)))(*args).jaxpr
+  assert _largest_intermediate(jaxpr) <= n * 1024
+  reference = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(ga.global_attention(
+      *a, impl="reference")), argnums=range(5)))(*args).jaxpr
+  assert _largest_intermediate(reference) >= n * n
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(impl="cuda"), "impl must be one of"),
+    (dict(impl="auto", block_q=8), "takes no options"),
+    (dict(impl="xla", blk=8), "unknown option"),
+])
+def test_user_errors(kwargs, match):
+  q = np.ones((1, 2, 12, 4), np.float32)
+  with pytest.raises(SptUserError, match=match):
+    ga.global_attention(q, q, q, np.ones((1, 2, 12, 3)), np.ones((1, 2, 12, 4)), **kwargs)
+
+
+@pytest.mark.parametrize("shapes, match", [
+    (((1, 2, 12, 4), (1, 2, 12, 3), (1, 2, 12, 5)), "h \\* w = N"),
+    (((1, 2, 12), (1, 2, 12, 3), (1, 2, 12, 4)), "q must have shape"),
+])
+def test_shape_errors(shapes, match):
+  q_shape, h_shape, w_shape = shapes
+  q = np.ones(q_shape, np.float32)
+  with pytest.raises(SptUserError, match=match):
+    ga.global_attention(q, q, q, np.ones(h_shape), np.ones(w_shape))
