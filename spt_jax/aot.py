@@ -27,9 +27,11 @@ from spt_jax.errors import SptUserError
 
 # Where `make setup` installs libtpu (pip --target), relative to the environment.
 LIBTPU_DIR = "libtpu"
-# What libtpu would otherwise ask the metadata server for, on a host that is no TPU VM.
-_QUIET_TPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
-                  "TPU_ACCELERATOR_TYPE": "v5litepod-8"}
+# What libtpu would otherwise ask the metadata server for, on a host that is no TPU VM;
+# and no lock file: compile-only devices claim no chip, so several processes may compile.
+_COMPILE_ONLY_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                     "TPU_ACCELERATOR_TYPE": "v5litepod-8",
+                     "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                "collective-permute")
 _COLLECTIVE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -65,7 +67,7 @@ def tpu_devices(topology: str, chips: int | None = None) -> list:
         "compiling for TPU needs libtpu: `make setup` installs it under "
         f"{os.path.join(sys.prefix, LIBTPU_DIR)}, `pip install -e '.[tpu]'` "
         "installs it as a package, or set TPU_LIBRARY_PATH to libtpu.so")
-  for key, value in _QUIET_TPU_ENV.items():
+  for key, value in _COMPILE_ONLY_ENV.items():
     os.environ.setdefault(key, value)
   os.environ["TPU_LIBRARY_PATH"] = path
   try:

@@ -23,12 +23,16 @@ import jax.numpy as jnp
 
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import fused
+from spt_jax.kernels import global_attention_pallas_gpu
+from spt_jax.kernels import global_attention_pallas_tpu
 from spt_jax.kernels import global_attention_reference
 from spt_jax.kernels import global_attention_xla
 from spt_jax.kernels import partition
 
 _FUSED = (
     ("xla", global_attention_xla),
+    ("pallas_tpu", global_attention_pallas_tpu),
+    ("pallas_gpu", global_attention_pallas_gpu),
 )
 IMPLS = fused.impl_names(_FUSED)
 _NAMES = ("batch", "heads", None, None)
@@ -61,7 +65,11 @@ def global_attention(q, k, v, rel_h, rel_w, *, impl="auto", **options):
     rel_h: (B, H, N, h); rel_w: (B, H, N, w) (`rel_pos_terms`).
     impl: one of IMPLS; 'auto' picks per lowering platform and takes no options.
     **options: keyword options of the chosen implementation:
-      xla: block_q, block_q_bwd (query rows per loop step, default 1024 each).
+      xla: block_q, block_q_bwd (query rows per loop step, default 1024 each);
+      pallas_tpu: block_q, block_k (multiples of 128, default 512 each),
+        interpret (True or pltpu.InterpretParams() to run on CPU);
+      pallas_gpu: block_q, block_k (powers of two, default 64 each), num_warps
+        (4), num_stages (2), interpret.
 
   Returns:
     (B, H, N, C) in v's dtype.

@@ -17,7 +17,7 @@ from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention as ga
 
 TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
-FUSED = {"xla": {}}
+FUSED = {"xla": {}, "pallas_tpu": {"interpret": True}, "pallas_gpu": {"interpret": True}}
 
 
 def _inputs(batch, heads, height, width, channels, dtype, seed=0):
@@ -52,10 +52,17 @@ def _assert_close(name, got, want, tol):
   assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x max|ref| {scale:.3g}"
 
 
-CASES = [  # (B, H, h, w, C, dtype, options)
+# (B, H, h, w, C, dtype, options of each impl): grids that do and do not fill whole
+# blocks (96 and 256 tokens), blocks that do not divide them.
+CASES = [
     ((2, 3, 8, 12, 16), "float32", {}),
-    ((1, 2, 16, 16, 32), "float32", {"block_q": 40, "block_q_bwd": 96}),
-    ((1, 2, 16, 16, 32), "bfloat16", {"block_q": 64}),
+    ((1, 2, 16, 16, 32), "float32", {"xla": {"block_q": 40, "block_q_bwd": 96},
+                                     "pallas_tpu": {"block_q": 128, "block_k": 256},
+                                     "pallas_gpu": {"block_q": 32, "block_k": 128}}),
+    ((1, 2, 16, 16, 32), "bfloat16", {"xla": {"block_q": 64},
+                                      "pallas_tpu": {"block_q": 256, "block_k": 128},
+                                      "pallas_gpu": {"block_k": 32}}),
+    ((1, 1, 6, 10, 20), "float32", {}),  # C, h, w padded to powers of two on GPU
 ]
 
 
@@ -64,8 +71,8 @@ CASES = [  # (B, H, h, w, C, dtype, options)
 def test_matches_reference(impl, shape, dtype, options):
   *inputs, d_out = _inputs(*shape, dtype)
   want = _value_and_grads("reference", (), *inputs, d_out)
-  got = _value_and_grads(impl, tuple(sorted({**FUSED[impl], **options}.items())), *inputs,
-                         d_out)
+  options = {**FUSED[impl], **options.get(impl, {})}
+  got = _value_and_grads(impl, tuple(sorted(options.items())), *inputs, d_out)
   assert got[0].dtype == jnp.dtype(dtype) and got[0].shape == want[0].shape
   for name, g, w in zip(("out", "dq", "dk", "dv", "d_table_h", "d_table_w"), got, want):
     _assert_close(f"{impl} {shape} {dtype} {name}", g, w, TOLERANCE[dtype])

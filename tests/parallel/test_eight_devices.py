@@ -8,6 +8,7 @@ runs with -m slow). Run alone:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest -m "" tests/parallel/test_eight_devices.py
 """
 
+import contextlib
 import functools
 import math
 
@@ -21,6 +22,7 @@ from sharded_tiny import NUM_IMAGES, run_on_mesh, tiny_batch
 from spt_jax import parallel
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import relation_attention_shared
+from spt_jax.kernels.global_attention import global_attention
 from spt_jax.models.config import sam_preset
 from spt_jax.models.sam import init_variables
 from spt_jax.spt.model import Spt
@@ -144,6 +146,40 @@ def test_relation_kernels_per_shard_match_unsharded(impl, options, mesh_shape):
       for name, g, w in zip(("out", "de", "dv"), got, want):
         scale = float(jnp.max(jnp.abs(w)))
         assert float(jnp.max(jnp.abs(g - w))) <= 2e-5 * scale, (impl, mesh_shape, name)
+
+
+@pytest.mark.parametrize("impl, options", [
+    ("xla", {"block_q": 48}), ("pallas_tpu", {"interpret": True}),
+    ("pallas_gpu", {"interpret": True})])
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 1, 8)])
+def test_global_attention_per_shard_matches_unsharded(impl, options, mesh_shape):
+  """Images over data/fsdp, heads over model: forward and every gradient equal the
+  unsharded kernel's and the reference's."""
+  keys = jax.random.split(jax.random.PRNGKey(4), 4)
+  q, k, v, d_out = (jax.random.normal(key, (4, 8, 96, 16)) for key in keys)
+  rel_h = jax.random.normal(keys[0], (4, 8, 96, 8))
+  rel_w = jax.random.normal(keys[1], (4, 8, 96, 12))
+  spec = parallel.MeshSpec(shape=mesh_shape)
+  mesh = parallel.make_mesh(spec)
+
+  def value_and_grads(impl, options, sharded):
+    def fn(*args):
+      call = functools.partial(global_attention, impl=impl, **options)
+      with parallel.activation_constraints(mesh, spec.rules) if sharded else (
+          contextlib.nullcontext()):
+        out, vjp = jax.vjp(call, *args)
+        return (out, *vjp(d_out))
+    return fn
+
+  sharded = value_and_grads(impl, options, True)
+  assert str(jax.make_jaxpr(sharded)(q, k, v, rel_h, rel_w)).count("shard_map") >= 2
+  got = jax.jit(sharded)(q, k, v, rel_h, rel_w)
+  alone = jax.jit(value_and_grads(impl, options, False))(q, k, v, rel_h, rel_w)
+  want = jax.jit(value_and_grads("reference", {}, False))(q, k, v, rel_h, rel_w)
+  for name, g, a, w in zip(("out", "dq", "dk", "dv", "d_rel_h", "d_rel_w"), got, alone,
+                           want):
+    np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-6, err_msg=f"{impl} {name}")
+    assert float(jnp.max(jnp.abs(g - w))) <= 2e-5 * float(jnp.max(jnp.abs(w))), name
 
 
 # ---------------------------------------------------------------- slow: the tiny SPT
