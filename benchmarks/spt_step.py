@@ -1,11 +1,13 @@
 r"""SPT on ViT-B at 1024 on this machine: forward, train step, and the PyTorch reference.
 
     python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1] \
-        [--host-malloc keep|system|auto]
+        [--host-malloc keep|system|auto] [--attention auto,chunked] [--remat none]
 
 Measures, after a warm-up, the minimum of several runs of
   - the spt_jax SPT forward (encoder + draft + refine) and its train step (forward,
-    backward through the encoder's LoRA, AdamW update of the adapters only);
+    backward through the encoder's LoRA, AdamW update of the adapters only), once per
+    global attention in `--attention` (`model.global_attention_impl`: 'auto', the
+    fused kernels; 'chunked', the former core);
   - an independent PyTorch SPT (Meta's modules + LoRA + VRA + SDT, tests/spt_reference)
     forward on the same weights and input;
 and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the compiled
@@ -40,7 +42,9 @@ def _mib(num_bytes):
 def main():
   parser = reference_benchmark_parser(__doc__, runs=2)
   parser.add_argument("--prompts", type=int, default=1, help="box prompts on the image")
-  parser.add_argument("--remat", action="store_true", help="rematerialise encoder blocks")
+  parser.add_argument("--remat", default="none", help="model.remat: none, blocks, ...")
+  parser.add_argument("--attention", default="auto,chunked",
+                      help="the encoder's global attention implementations, comma list")
   args, malloc_note, reference = start_reference_benchmark(parser)
 
   torch = reference.torch
@@ -48,56 +52,60 @@ def main():
   spec = sam_preset(args.model)
   torch_model = spt_reference.random_torch_spt(spec, seed=0)
   state = spt_reference.authors_state_dict(torch_model)
-  model = Spt(spec, relation_impl="xla", remat=args.remat)
-  variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
-                                      "torch SPT", SPT_LAYOUT)
-  variables = jax.tree_util.tree_map(jnp.asarray, variables)
-
   size = spec.image_size
   rng = np.random.default_rng(0)
   image = rng.standard_normal((1, size, size, 3)).astype(np.float32)
   boxes = np.tile(np.array([[200.0, 150.0, 700.0, 800.0]], np.float32), (args.prompts, 1))
   prompts = Prompts(boxes=jnp.asarray(boxes)[None])
-
-  forward = jax.jit(model.apply)
-  compiled_forward, forward_compile = timed(lambda: forward.lower(variables, image,
-                                                                  prompts).compile())
-  forward_time = min_time(
-      lambda: jax.block_until_ready(compiled_forward(variables, image, prompts)), args.runs)
-
-  trainable, frozen = partition(variables, SPT_TRAINABLE)
-  optimizer = make_optimizer(OptimizerSpec())
-  train_state = step_lib.init_train_state(trainable, optimizer, jax.random.PRNGKey(0))
   mask = np.zeros((1, size, size), np.float32)
   mask[0, 300:700, 250:650] = 1
   batch = {"image": (rng.uniform(0, 255, (1, size, size, 3))).astype(np.uint8),
            "input_size": np.array([[size, size]], np.int32), "mask": mask,
-           "boxes": boxes[None], "prompt_valid": np.ones((1, args.prompts), bool)}
+           "boxes": boxes[None], "prompt_valid": np.ones((1, args.prompts), bool),
+           "prompt_regions": np.zeros((1, size, size), np.uint8)}
   prompt_config = PromptConfig(max_prompts=args.prompts, per_region=args.prompts > 1)
-  batch["prompt_regions"] = np.zeros((1, size, size), np.uint8)
-  train_step = jax.jit(step_lib.make_train_step(model, optimizer, LossSpec(), prompt_config))
-  compiled_step, step_compile = timed(lambda: train_step.lower(train_state, frozen,
-                                                               batch).compile())
-  step_time = min_time(
-      lambda: jax.block_until_ready(compiled_step(train_state, frozen, batch)), args.runs)
+
+  rows = []
+  for attention in args.attention.split(","):
+    model = Spt(spec, relation_impl="xla", remat=args.remat,
+                global_attention_impl=attention)
+    variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
+                                        "torch SPT", SPT_LAYOUT)
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    forward = jax.jit(model.apply)
+    compiled_forward, forward_compile = timed(lambda: forward.lower(
+        variables, image, prompts).compile())  # pylint: disable=cell-var-from-loop
+    forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
+        variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
+    trainable, frozen = partition(variables, SPT_TRAINABLE)
+    optimizer = make_optimizer(OptimizerSpec())
+    train_state = step_lib.init_train_state(trainable, optimizer, jax.random.PRNGKey(0))
+    train_step = jax.jit(step_lib.make_train_step(model, optimizer, LossSpec(),
+                                                  prompt_config))
+    compiled_step, step_compile = timed(lambda: train_step.lower(
+        train_state, frozen, batch).compile())  # pylint: disable=cell-var-from-loop
+    step_time = min_time(lambda: jax.block_until_ready(compiled_step(
+        train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
+    rows.append((attention, forward_time, forward_compile,
+                 compiled_forward.memory_analysis().temp_size_in_bytes, step_time,
+                 step_compile, compiled_step.memory_analysis().temp_size_in_bytes))
 
   image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
   boxes_torch = torch.from_numpy(boxes)
   torch_time = min_time(lambda: torch_model(image_torch, boxes=boxes_torch), args.runs)
 
-  forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes
-  step_temp = compiled_step.memory_analysis().temp_size_in_bytes
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
   print(f"{args.model}, {size}x{size}, {args.prompts} box prompt(s), float32, "
         f"remat {args.remat}, devices {jax.devices()}, torch threads {torch.get_num_threads()}, "
         f"{malloc_note}")
-  print(f"jax SPT forward:     {forward_time:7.2f} s  (compile {forward_compile:.1f} s, "
-        f"temp {_mib(forward_temp):.0f} MiB)")
-  print(f"jax SPT train step:  {step_time:7.2f} s  (compile {step_compile:.1f} s, "
-        f"temp {_mib(step_temp):.0f} MiB)")
-  print(f"torch SPT forward:   {torch_time:7.2f} s")
-  print(f"step / forward (jax): {step_time / forward_time:.2f}  (goal <= 2.5)")
-  print(f"torch / jax forward:  {torch_time / forward_time:.2f}  (goal >= 1.5)")
+  print(f"torch SPT forward: {torch_time:.2f} s")
+  print("| global attention | jax forward s | temp MiB | train step s | temp MiB | "
+        "step / forward (goal <= 2.5) | torch / jax forward (goal >= 1.5) | compile s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for attention, fwd, fwd_compile, fwd_temp, step, step_compile, step_temp in rows:
+    print(f"| {attention} | {fwd:.2f} | {_mib(fwd_temp):,.0f} | {step:.2f} | "
+          f"{_mib(step_temp):,.0f} | {step / fwd:.2f} | {torch_time / fwd:.2f} | "
+          f"{fwd_compile:.0f} + {step_compile:.0f} |")
   print(f"peak RSS of this process (both frameworks, both models): {peak_rss:.1f} GiB")
 
 

@@ -1,15 +1,19 @@
 r"""What one TPU chip holds for the full-size SPT train step and evaluation, compiled here.
 
     python -m benchmarks.tpu_compile --model vit_b --topology v5e:2x4 --mesh 2x2x2 \
-        [--images 8] [--prompts 8] [--dtype float32] [--remat] [--programs train,eval]
+        [--images 8] [--prompts 8] [--dtype float32] [--remat none] \
+        [--programs train,eval] [--attention auto]
 
 Compiles with the real TPU compiler (libtpu, compile-only devices of the slice: see
 spt_jax/aot.py; nothing is allocated) the programs the main job runs on that slice,
 built by the project's own code: the sharded train step (the paper's point-sampled
 loss, AdamW, SPT's trainable rules) for a global batch of `--images` 1024 px images
 with `--prompts` per-region box prompts each, and the evaluator's per-batch forward
-(`--images` images, one box each, metrics at a 1024 px canvas). `--mesh`,
-`--dtype` and `--model` take comma-separated lists; every combination is one row.
+(`--images` images, one box each, metrics at a 1024 px canvas). `--attention` is
+the encoder's global attention (`model.global_attention_impl`: 'auto', the fused
+kernels, or 'chunked', the former core), `--remat` what the backward keeps of each
+encoder block (`model.remat`). `--model`, `--mesh`, `--dtype`, `--attention` and
+`--remat` take comma-separated lists; every combination is one row.
 
 Per chip, from `compiled.memory_analysis()`: arguments (this chip's shards of the
 frozen base, the train state and the batch), temp (XLA's temporaries), peak
@@ -19,6 +23,7 @@ the compile time on this host.
 """
 
 import argparse
+import itertools
 import math
 import time
 
@@ -44,10 +49,11 @@ ABBREVIATIONS = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS",
                  "all-to-all": "A2A", "collective-permute": "CP"}
 
 
-def compile_program(program: str, model_name: str, dtype: str, mesh_shape, devices, args):
+def compile_program(program: str, model_name: str, dtype: str, attention: str, remat: str,
+                    mesh_shape, devices, args):
   """(figures, compile seconds) of one program of `model_name` on the mesh."""
-  model = Spt(sam_preset(model_name), dtype=jnp.dtype(dtype), remat=args.remat,
-              relation_impl="auto")
+  model = Spt(sam_preset(model_name), dtype=jnp.dtype(dtype), remat=remat,
+              global_attention_impl=attention, relation_impl="auto")
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
   spec = parallel.MeshSpec(shape=mesh_shape)
   start = time.perf_counter()
@@ -80,36 +86,39 @@ def main():
   parser.add_argument("--images", type=int, default=8, help="global batch")
   parser.add_argument("--prompts", type=int, default=8, help="per image, training")
   parser.add_argument("--dtype", default="float32", help="float32, bfloat16; comma list")
-  parser.add_argument("--remat", action="store_true", help="rematerialise encoder blocks")
+  parser.add_argument("--remat", default="none",
+                      help="none, blocks, dots_with_no_batch_dims_saveable, ...; comma list")
   parser.add_argument("--programs", default="train,eval")
+  parser.add_argument("--attention", default="auto",
+                      help="global attention: auto (fused), chunked; comma list")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")  # this host's own backend; TPU: compile only
   all_devices = aot.tpu_devices(args.topology)
   hbm = aot.device_hbm_bytes(all_devices[0])
   print(f"{args.topology}: {len(all_devices)} {all_devices[0].device_kind} devices, "
         f"{hbm / GIB:.1f} GiB HBM each; global batch {args.images} images at 1024 px, "
-        f"{args.prompts} box prompts each in training (1 in eval); remat={args.remat}; "
-        "GiB per chip, compiled by libtpu")
-  header = ("| model | program | dtype | mesh d x f x m | args | temp | peak | fits | "
-            "Mosaic calls | collectives | compile s |")
+        f"{args.prompts} box prompts each in training (1 in eval); GiB per chip, compiled "
+        "by libtpu")
+  header = ("| model | program | dtype | attention | remat | mesh d x f x m | args | temp | "
+            "peak | fits | Mosaic calls | collectives | compile s |")
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   meshes = [tuple(int(s) for s in m.split("x")) for m in args.mesh.split(",")]
   for model_name in args.model.split(","):
     for program in args.programs.split(","):
-      for dtype in args.dtype.split(","):
-        for mesh_shape in meshes:
-          devices = all_devices[:math.prod(mesh_shape)]
-          figures, seconds = compile_program(program, model_name, dtype, mesh_shape,
-                                             devices, args)
-          gib = lambda n: f"{n / GIB:.2f}"
-          collectives = ", ".join(f"{ABBREVIATIONS[k]} {v}"
-                                  for k, v in figures.collectives.items()) or "none"
-          print(f"| {model_name} | {program} | {dtype} | "
-                f"{'x'.join(map(str, mesh_shape))} | {gib(figures.arguments)} | "
-                f"{gib(figures.temp)} | {gib(figures.peak)} | "
-                f"{'yes' if figures.peak <= hbm else 'NO'} | {figures.mosaic_calls} | "
-                f"{collectives} | {seconds:.0f} |", flush=True)
+      for dtype, attention, remat, mesh_shape in itertools.product(
+          args.dtype.split(","), args.attention.split(","), args.remat.split(","), meshes):
+        figures, seconds = compile_program(program, model_name, dtype, attention, remat,
+                                           mesh_shape,
+                                           all_devices[:math.prod(mesh_shape)], args)
+        gib = lambda n: f"{n / GIB:.2f}"
+        collectives = ", ".join(f"{ABBREVIATIONS[k]} {v}"
+                                for k, v in figures.collectives.items()) or "none"
+        print(f"| {model_name} | {program} | {dtype} | {attention} | {remat} | "
+              f"{'x'.join(map(str, mesh_shape))} | {gib(figures.arguments)} | "
+              f"{gib(figures.temp)} | {gib(figures.peak)} | "
+              f"{'yes' if figures.peak <= hbm else 'NO'} | {figures.mosaic_calls} | "
+              f"{collectives} | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       base="", type="vit_b",
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
       sdt_steps=2, relation_impl="auto", global_attention_impl="auto", dtype="float32",
-      remat=False, query_chunk=1024))
+      remat="none", query_chunk=1024))
   config.trainable = SPT_TRAINABLE
   config.data = ml_collections.ConfigDict()
   config.data.train = data_defaults(augment=True, shuffle=True, drop_remainder=True)

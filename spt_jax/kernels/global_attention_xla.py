@@ -1,12 +1,12 @@
 """SAM's global attention with decomposed rel-pos as blocked XLA: the lean path for CPU.
 
-Both passes loop over query blocks; a step holds its block's full rows of scores,
-(B, H, block_q, N), never the (B, H, N, N) tensor. The forward keeps each row's
-log-sum-exp; the backward recomputes a block's weights from it and accumulates, in
-one loop, dV and dK (all rows) and writes dQ and the rel-pos terms' gradients for the
-block's rows. The bias of key j for query i, rel_h[i, row(j)] + rel_w[i, col(j)], is
-added to a block of scores as an (h, w) broadcast, and its gradient is the score
-gradient summed over the key grid's columns (rel_h) or rows (rel_w).
+The forward loops over query blocks, a step holding its block's full rows of scores,
+(B, H, block_q, N), never the (B, H, N, N) tensor, and keeps each row's
+log-sum-exp. The backward loops over key blocks of whole grid rows and recomputes
+their weights from it (see `backward`). The bias of key j for query i,
+rel_h[i, row(j)] + rel_w[i, col(j)], is added to a block of scores as an (h, w)
+broadcast, and its gradient is the score gradient summed over the key grid's
+columns (rel_h) or rows (rel_w).
 """
 
 import functools
@@ -17,10 +17,11 @@ from spt_jax.kernels import blocked
 from spt_jax.kernels import relation_common as rc
 from spt_jax.kernels.global_attention_reference import expand_bias
 
-# Query rows per step: the encoder's former query chunk (a vit_b global block holds
-# 12 x 1024 x 4096 float32 scores per image at once, 201 MB).
+# Query rows per forward step: the encoder's former query chunk (a vit_b global block
+# holds 12 x 1024 x 4096 float32 scores per image at once, 201 MB); keys per backward
+# step (measured on vit_b's global block here: 512 and 1024 equally fast, 2048 slower).
 DEFAULT_BLOCK_Q = 1024
-DEFAULT_BLOCK_Q_BWD = 1024
+DEFAULT_BLOCK_Q_BWD = 512
 
 
 def _einsum(spec, a, b):
@@ -65,31 +66,51 @@ def forward(q, k, v, rel_h, rel_w, *, scale, block_q=DEFAULT_BLOCK_Q,
 def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale,
              block_q=DEFAULT_BLOCK_Q, block_q_bwd=DEFAULT_BLOCK_Q_BWD):
   """Residuals of `forward` and dO -> dq, dk, dv (B, H, N, C), d_rel_h (B, H, N, h),
-  d_rel_w (B, H, N, w), each in its input's dtype."""
+  d_rel_w (B, H, N, w), each in its input's dtype.
+
+  Loops over key blocks of whole grid rows (about block_q_bwd keys), each step holding
+  the transposed scores of its keys against every query, (B, H, keys, N): dK and dV of
+  its keys come out of untransposed products, and dQ (kept transposed) from one with
+  the small key block transposed: XLA's CPU matmul runs a large transposed operand
+  2-3x slower (measured on vit_b's global block: 2.4 s forward + backward this way,
+  3.1 s over query blocks); dQ and the rel-pos gradients accumulate.
+  """
   del block_q
   batch, heads, n, _ = q.shape
-  height, width = rel_h.shape[-1], rel_w.shape[-1]
-  block = min(block_q_bwd, n)
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                  keepdims=True)
-  lse = lse[..., None]
+  width = rel_w.shape[-1]
+  block = min(n, max(width, block_q_bwd // width * width))
+  rows = block // width
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)[:, :, None]
+  lse = lse[:, :, None]
+  # The rel-pos terms with queries last: (B, H, h, N) and (B, H, w, N).
+  rel_h_t, rel_w_t = (jnp.swapaxes(x, 2, 3).astype(jnp.float32) for x in (rel_h, rel_w))
 
   def body(start, fresh, carry):
-    dq, dk, dv, d_rel_h, d_rel_w = carry
-    rows = functools.partial(blocked.rows, start=start, block=block, axis=2)
-    put = lambda x, new: blocked.put_rows(x, start, rows(x) + new, axis=2)
-    # Rows the previous block already did get zero cotangent, hence zero dS.
-    fresh_rows = lambda x: jnp.where(fresh.reshape(1, 1, block, 1), rows(x), 0)
-    q_rows, d_out_rows = rows(q), fresh_rows(d_out)
-    weights = jnp.exp(_scores(q_rows, k, rows(rel_h), rows(rel_w), scale) - rows(lse))
-    dv = dv + _einsum("bhqk,bhqc->bhkc", weights.astype(d_out.dtype), d_out_rows)
-    d_scores = rc.score_grad(weights, _einsum("bhqc,bhkc->bhqk", d_out_rows, v),
-                             fresh_rows(delta))
-    dk = dk + scale * _einsum("bhqk,bhqc->bhkc", d_scores.astype(q.dtype), q_rows)
-    dq = put(dq, scale * _einsum("bhqk,bhkc->bhqc", d_scores.astype(k.dtype), k))
-    d_grid = d_scores.reshape(batch, heads, block, height, width)
-    return dq, dk, dv, put(d_rel_h, d_grid.sum(-1)), put(d_rel_w, d_grid.sum(-2))
+    dq_t, dk, dv, d_rel_h_t, d_rel_w_t = carry
+    keys = functools.partial(blocked.rows, start=start, block=block, axis=2)
+    k_rows, v_rows = keys(k), keys(v)
+    row_start = start // width
+    bias = (blocked.rows(rel_h_t, row_start, rows, axis=2)[:, :, :, None]
+            + rel_w_t[:, :, None]).reshape(batch, heads, block, n)
+    weights = jnp.exp(_einsum("bhkc,bhqc->bhkq", k_rows, q) * scale + bias - lse)
+    dv = blocked.put_rows(dv, start, _einsum("bhkq,bhqc->bhkc",
+                                             weights.astype(d_out.dtype), d_out), axis=2)
+    d_scores = rc.score_grad(weights, _einsum("bhkc,bhqc->bhkq", v_rows, d_out), delta)
+    dk = blocked.put_rows(dk, start, scale * _einsum(
+        "bhkq,bhqc->bhkc", d_scores.astype(q.dtype), q), axis=2)
+    # Keys the previous block already did must not be counted twice.
+    d_scores = jnp.where(fresh.reshape(1, 1, block, 1), d_scores, 0.0)
+    dq_t = dq_t + scale * _einsum("bhkc,bhkq->bhcq", k_rows, d_scores.astype(k.dtype))
+    d_grid = d_scores.reshape(batch, heads, rows, width, n)
+    d_rel_h_t = blocked.put_rows(
+        d_rel_h_t, row_start,
+        blocked.rows(d_rel_h_t, row_start, rows, axis=2) + d_grid.sum(3), axis=2)
+    return dq_t, dk, dv, d_rel_h_t, d_rel_w_t + d_grid.sum(2)
 
-  init = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, rel_h, rel_w))
-  grads = blocked.block_loop(n, block, body, init)
+  init = tuple(jnp.zeros(x.shape, jnp.float32)
+               for x in (jnp.swapaxes(q, 2, 3), k, v, rel_h_t, rel_w_t))
+  dq_t, dk, dv, d_rel_h_t, d_rel_w_t = blocked.block_loop(n, block, body, init)
+  queries_third = lambda x: jnp.swapaxes(x, 2, 3)
+  grads = (queries_third(dq_t), dk, dv, queries_third(d_rel_h_t),
+           queries_third(d_rel_w_t))
   return tuple(g.astype(x.dtype) for g, x in zip(grads, (q, k, v, rel_h, rel_w)))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention
 from spt_jax.models import attention
 from spt_jax.models.config import AdapterSpec, EncoderSpec, NO_ADAPTERS
@@ -26,6 +27,21 @@ Dtype = Any
 # chunks); every other name is an implementation of `spt_jax.kernels.global_attention`.
 CHUNKED = "chunked"
 ATTENTION_IMPLS = (CHUNKED,) + global_attention.IMPLS
+# What the backward pass keeps of each encoder block (`ImageEncoder.remat`): 'none'
+# (everything autodiff saves), 'blocks' (the block's input only: the block's forward
+# runs again in the backward), or a `jax.checkpoint_policies` policy, which also keeps
+# what it names (e.g. the weight matmuls' outputs).
+REMAT = ("none", "blocks", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def remat_policy(remat: str | bool):
+  """(rematerialise?, jax.checkpoint policy or None) of a `REMAT` name; True is
+  'blocks' and False 'none' (the former boolean)."""
+  name = {True: "blocks", False: "none"}.get(remat, remat)
+  if name not in REMAT:
+    raise SptUserError(f"model.remat={remat!r}: expected one of {REMAT}")
+  return name != "none", (getattr(jax.checkpoint_policies, name)
+                          if name not in ("none", "blocks") else None)
 
 
 def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -180,7 +196,7 @@ class ImageEncoder(nn.Module):
   spec: EncoderSpec
   adapters: AdapterSpec = NO_ADAPTERS
   query_chunk: int = 1024
-  remat: bool = False
+  remat: str | bool = "none"
   dtype: Dtype = jnp.float32
   global_attention_impl: str = "auto"
 
@@ -192,7 +208,8 @@ class ImageEncoder(nn.Module):
     pos_embed = self.param("pos_embed", nn.initializers.zeros,
                            (1, spec.grid_size, spec.grid_size, spec.embed_dim), jnp.float32)
     x = x + pos_embed.astype(self.dtype)
-    block_type = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    rematerialise, policy = remat_policy(self.remat)
+    block_type = nn.remat(EncoderBlock, policy=policy) if rematerialise else EncoderBlock
     for i in range(spec.depth):
       window = 0 if i in spec.global_attn_indexes else spec.window_size
       x = block_type(spec, window, self.adapters, self.query_chunk, self.dtype,

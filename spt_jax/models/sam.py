@@ -42,7 +42,8 @@ class Sam(nn.Module):
     adapters: which trainable adapters exist (none for plain SAM).
     dtype: compute dtype (parameters stay float32).
     query_chunk: query tokens per step of the encoder's own (chunked) attention core.
-    remat: rematerialise encoder blocks in the backward pass (saves memory).
+    remat: what the backward keeps of each encoder block (`image_encoder.REMAT`:
+      'none', 'blocks' or a checkpoint policy; saves memory for compute).
     global_attention_impl: the encoder's global blocks' attention:
       `image_encoder.CHUNKED` or an implementation of `spt_jax.kernels.
       global_attention` ('auto': the lowering platform's fused kernel).
@@ -51,7 +52,7 @@ class Sam(nn.Module):
   adapters: AdapterSpec = NO_ADAPTERS
   dtype: Dtype = jnp.float32
   query_chunk: int = 1024
-  remat: bool = False
+  remat: str | bool = "none"
   global_attention_impl: str = "auto"
 
   def setup(self):
