@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec, SamSpec
+from spt_jax.models.image_encoder import remat_policy
 from spt_jax.models.mask_decoder import MaskDecoder
 from spt_jax.models.prompt_encoder import PromptEncoder
 from spt_jax.models.prompts import Prompts
@@ -71,6 +72,9 @@ class Spt(Sam):
   Attributes (beyond `Sam`'s):
     relation_impl: relation attention implementation for the VRA-Adapter.
     sdt_steps: number of decoder steps (stacked decoders).
+
+  `remat` applies to the decoder steps too: rematerialised, a step's backward keeps
+  only its inputs (the carry), not every prompt's image-sized activations.
   """
   adapters: AdapterSpec = SPT_ADAPTERS
   relation_impl: str = "auto"
@@ -78,7 +82,9 @@ class Spt(Sam):
 
   def setup(self):
     self.setup_encoders()
-    scanned = nn.scan(_SdtStep, variable_axes={"params": 0, "adapters": 0},
+    rematerialise, policy = remat_policy(self.remat)
+    step = nn.remat(_SdtStep, policy=policy) if rematerialise else _SdtStep
+    scanned = nn.scan(step, variable_axes={"params": 0, "adapters": 0},
                       split_rngs={"params": True}, in_axes=nn.broadcast,
                       length=self.sdt_steps)
     self.decoders = scanned(self.spec, self.adapters, self.dtype, self.relation_impl)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from small_models import MICRO_SPEC
+from small_models import MICRO_SPEC, SMALL_SPEC
 from spt_jax import aot
 from spt_jax import config as config_lib
 from spt_jax import parallel
@@ -27,7 +27,8 @@ from spt_jax.data.prompts import PromptConfig
 from spt_jax.evaluate.evaluator import Evaluator
 from spt_jax.kernels import relation_attention_shared
 from spt_jax.kernels.global_attention import global_attention
-from spt_jax.models.sam import init_variables
+from spt_jax.models.config import AdapterSpec
+from spt_jax.models.sam import Sam, init_variables
 from spt_jax.spt.losses import LossSpec
 from spt_jax.spt.model import Spt
 from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
@@ -136,6 +137,27 @@ def test_global_attention_runs_per_shard_on_a_mesh(tpu_devices):
       shape(80), shape(80), shape(80), shape(64), shape(64)).compile()
   figures = aot.figures(compiled)
   assert figures.mosaic_calls == 3 and not figures.collectives  # no cross-chip traffic
+
+
+def test_remat_lowers_the_compiled_temp(tpu_devices):
+  """The encoder's backward (LoRA in every block) keeps less with `model.remat`:
+  'blocks' the blocks' inputs only, a checkpoint policy what it names as well."""
+  sharding = jax.sharding.SingleDeviceSharding(tpu_devices("v5e:2x2", chips=1)[0])
+
+  def temp(remat):
+    model = Sam(SMALL_SPEC, AdapterSpec(lora_rank=4), remat=remat)
+    variables = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0))))
+    images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32, sharding=sharding)
+    loss = lambda adapters, params, images: jnp.sum(model.apply(
+        {"params": params, "adapters": adapters}, images, method=Sam.embed_images) ** 2)
+    compiled = jax.jit(jax.grad(loss)).lower(variables["adapters"], variables["params"],
+                                             images).compile()
+    return aot.figures(compiled).temp
+
+  none, blocks = temp("none"), temp("blocks")
+  assert blocks < 0.6 * none, (blocks, none)
 
 
 MESHES = (  # (topology, chips, mesh data x fsdp x model)
