@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpr_sizes import largest_intermediate
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention as ga
 
@@ -78,20 +79,6 @@ def test_matches_reference(impl, shape, dtype, options):
     _assert_close(f"{impl} {shape} {dtype} {name}", g, w, TOLERANCE[dtype])
 
 
-def _largest_intermediate(jaxpr):
-  """Largest element count of any value in a jaxpr and its sub-jaxprs."""
-  largest = 0
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          largest = max(largest, _largest_intermediate(sub))
-  return largest
-
-
 @pytest.mark.parametrize("impl", FUSED)
 def test_no_n_by_n_intermediate(impl):
   """vit_b's global grid, one head: no value of N x N in the forward or backward."""
@@ -101,10 +88,10 @@ def test_no_n_by_n_intermediate(impl):
       q, k, v, rel_h, rel_w, impl=impl, **FUSED[impl]))
   args = (spec(channels), spec(channels), spec(channels), spec(64), spec(64))
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=range(5)))(*args).jaxpr
-  assert _largest_intermediate(jaxpr) <= n * 1024
+  assert largest_intermediate(jaxpr) <= n * 1024
   reference = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(ga.global_attention(
       *a, impl="reference")), argnums=range(5)))(*args).jaxpr
-  assert _largest_intermediate(reference) >= n * n
+  assert largest_intermediate(reference) >= n * n
 
 
 @pytest.mark.parametrize("kwargs, match", [

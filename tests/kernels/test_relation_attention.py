@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpr_sizes import largest_intermediate
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import IMPLS
 from spt_jax.kernels import relation_attention
@@ -185,20 +186,6 @@ def test_kernels_lower_for_accelerators(platform):
     assert hlo.count("tpu_custom_call" if platform == "tpu" else "triton") >= 3
 
 
-def _largest_intermediate(jaxpr):
-  """Largest element count of any value in a jaxpr and its sub-jaxprs."""
-  largest = 0
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          largest = max(largest, _largest_intermediate(sub))
-  return largest
-
-
 @pytest.mark.parametrize("impl", FUSED)
 def test_no_n_by_n_intermediate(impl):
   n, d = 2048, 256
@@ -207,10 +194,10 @@ def test_no_n_by_n_intermediate(impl):
   loss = lambda e, v: jnp.sum(relation_attention(
       e, v, alpha=ALPHA, impl=impl, **FUSED[impl]))
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(e, v).jaxpr
-  assert _largest_intermediate(jaxpr) <= n * 256
+  assert largest_intermediate(jaxpr) <= n * 256
   ref = jax.make_jaxpr(jax.grad(lambda e, v: jnp.sum(
       relation_attention_reference(e, v)), argnums=(0, 1)))(e, v).jaxpr
-  assert _largest_intermediate(ref) >= n * n
+  assert largest_intermediate(ref) >= n * n
 
 
 def test_xla_path_memory():
