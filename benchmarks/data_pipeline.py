@@ -4,7 +4,7 @@ Generates a synthetic set at the source size (MVTec images are 700 to 1024 px), 
 training pipeline (decode, flip, large-scale jitter, prompts, batching) with each worker
 count, and prints images/s, the time of each stage per image, and the ratio of the
 pipeline's rate to the rate a training step consumes (`--train_step_seconds` per batch;
-the default is the SPT authors' vit_b step on this machine's CPU, PERF_NOTES.md).
+the default is the SPT authors' vit_b step as measured on a 2-core CPU).
 
   python -m benchmarks.data_pipeline [--worker_counts=0,2] [--batches=30]
 """

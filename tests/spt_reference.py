@@ -1,4 +1,4 @@
-"""An independent PyTorch SPT: Meta's `segment_anything` modules plus METHOD.md's extra lines.
+"""An independent PyTorch SPT: Meta's `segment_anything` modules plus SPT's additions.
 
 Its state dict has the SPT authors' key layout (`image_encoder.blocks.i.attn.qkv.lora_A`,
 `{mask,draft}_decoder...{q,v}_proj.lora_A|lora_B`, `...layers.j.lora_sim_scale`), so
@@ -47,7 +47,7 @@ class LoraLinear(nn.Module):
 
 
 def relation_matrix(embedding, alpha=0.0):
-  """S of METHOD.md section 3 for embedding (1, N, C): (1, N, N), rows renormalised."""
+  """The VRA relation matrix S for embedding (1, N, C): (1, N, N), rows renormalised."""
   normalized = embedding / (embedding.norm(dim=-1, keepdim=True) + 1e-16)
   similarity = normalized @ normalized.transpose(-2, -1)
   similarity = similarity + torch.eye(similarity.shape[-1])[None] * -1e16

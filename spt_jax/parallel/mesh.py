@@ -25,6 +25,7 @@ import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 import ml_collections
+import numpy as np
 
 from spt_jax.errors import SptUserError
 from spt_jax.fields import known_fields
@@ -112,6 +113,11 @@ def make_mesh(spec: MeshSpec, devices: Sequence[Any] | None = None) -> Mesh:
     grid = mesh_utils.create_hybrid_device_mesh(
         per_granule, spec.dcn_shape, devices,
         process_is_granule=devices[0].platform != "tpu", allow_split_physical_axes=True)
+  elif any(getattr(device, "core_on_chip", 0) for device in devices):
+    # One device per TensorCore (v4 without megacore, as compile-only v4 topologies
+    # list them): mesh_utils wants one per chip. In the given (core-tiled) order the
+    # cores of a chip stay neighbours along the last axis.
+    grid = np.asarray(devices, dtype=object).reshape(shape)
   else:
     grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   return Mesh(grid, spec.axes, axis_types=(AxisType.Auto,) * len(spec.axes))

@@ -141,7 +141,8 @@ def test_global_attention_runs_per_shard_on_a_mesh(tpu_devices):
 
 def test_remat_lowers_the_compiled_temp(tpu_devices):
   """The encoder's backward (LoRA in every block) keeps less with `model.remat`:
-  'blocks' the blocks' inputs only, a checkpoint policy what it names as well."""
+  'blocks' the blocks' inputs only. Eight images: the temp counts HBM only, and at two
+  images the whole backward fits in a v5e's 128 MiB VMEM (temp 0 without remat)."""
   sharding = jax.sharding.SingleDeviceSharding(tpu_devices("v5e:2x2", chips=1)[0])
 
   def temp(remat):
@@ -149,7 +150,7 @@ def test_remat_lowers_the_compiled_temp(tpu_devices):
     variables = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0))))
-    images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32, sharding=sharding)
+    images = jax.ShapeDtypeStruct((8, 256, 256, 3), jnp.float32, sharding=sharding)
     loss = lambda adapters, params, images: jnp.sum(model.apply(
         {"params": params, "adapters": adapters}, images, method=Sam.embed_images) ** 2)
     compiled = jax.jit(jax.grad(loss)).lower(variables["adapters"], variables["params"],
@@ -157,7 +158,7 @@ def test_remat_lowers_the_compiled_temp(tpu_devices):
     return aot.figures(compiled).temp
 
   none, blocks = temp("none"), temp("blocks")
-  assert blocks < 0.6 * none, (blocks, none)
+  assert 0 < blocks < 0.6 * none, (blocks, none)
 
 
 MESHES = (  # (topology, chips, mesh data x fsdp x model)
