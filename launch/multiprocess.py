@@ -13,6 +13,8 @@ Each process gets the environment that `spt_jax.parallel.maybe_initialize_distri
 reads: SPT_DISTRIBUTED=1, JAX_COORDINATOR_ADDRESS, SPT_NUM_PROCESSES, SPT_PROCESS_ID,
 and JAX_LOCAL_DEVICE_IDS (its GPUs) or XLA_FLAGS (its CPU device count). The launcher
 waits for all of them; when one fails it stops the others and exits with its code.
+SIGTERM to the launcher (preemption) is passed to every process: they save one agreed
+step and exit with code 75, which the launcher returns, saying how to resume.
 Under SLURM use `srun` instead (launch/gpu_slurm.sh): JAX reads SLURM's variables.
 """
 
@@ -23,6 +25,10 @@ import socket
 import subprocess
 import sys
 import time
+
+# spt_jax.train.preemption.PREEMPTED_EXIT_CODE (this launcher imports nothing of the
+# package: it only starts processes).
+PREEMPTED_EXIT_CODE = 75
 
 
 def _free_port() -> int:
@@ -79,6 +85,9 @@ def main(argv=None) -> int:
     process_id = args.node_rank * per_node + local_rank
     children.append(subprocess.Popen(
         args.command, env=_environment(args, coordinator, process_id, local_rank)))
+  # A preemption notice to the launcher goes to every process (they save and exit 75).
+  signal.signal(signal.SIGTERM, lambda signum, frame: [
+      child.send_signal(signal.SIGTERM) for child in children if child.poll() is None])
   code = 0
   while children and not code:
     time.sleep(0.2)
@@ -90,6 +99,9 @@ def main(argv=None) -> int:
     child.send_signal(signal.SIGTERM)
   for child in children:
     child.wait()
+  if code == PREEMPTED_EXIT_CODE:
+    print("preempted: the run saved a step; run this same command again to resume",
+          file=sys.stderr, flush=True)
   return code
 
 

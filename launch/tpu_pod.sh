@@ -43,5 +43,12 @@ if [[ "${INSTALL:-1}" == 1 ]]; then
 fi
 
 # The same command on every host; quoting survives the remote shell.
+set +e
 "${GCLOUD[@]}" ssh "$TPU_NAME" "${SCOPE[@]}" --worker=all --command="cd ~/$REMOTE_DIR &&
   SPT_DISTRIBUTED=1 .venv/bin/python -m spt_jax.main $(printf '%q ' "$@")"
+code=$?
+if [[ $code == 75 ]]; then  # spt_jax.train.preemption.PREEMPTED_EXIT_CODE
+  echo "preempted: the run saved a step on all hosts. Run this same command again" \
+    "(INSTALL=0 if the slice is still there, CREATE=1 if it is gone) to resume." >&2
+fi
+exit $code

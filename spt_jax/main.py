@@ -6,7 +6,8 @@ r"""The main job: train, resume, evaluate and predict with SPT.
 
 A run in an existing workdir resumes from its newest checkpoint. Mistakes in the
 config, flags or inputs stop the job before anything compiles, with one line naming
-the field or file (exit code 2).
+the field or file (exit code 2). On SIGTERM (preemption) training saves a step all
+processes agree on and exits with code 75; the same command resumes it.
 """
 
 import difflib
@@ -26,6 +27,7 @@ from spt_jax import host_memory
 from spt_jax import parallel
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 from spt_jax.log_setup import set_up_logging
+from spt_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
 # No default here: config_flags would load it and apply --config.* overrides while this
@@ -111,6 +113,9 @@ def main(argv) -> None:
     _run(_CONFIG.value, workdir, _MODE.value)
   except SptUserError as error:
     _fail(str(error))
+  except Preempted as stopped:
+    print(str(stopped), file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

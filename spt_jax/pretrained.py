@@ -4,7 +4,8 @@
                            "model": "sam" | "spt", "sdt_steps", "source", ...}
     DIR/variables/        Orbax checkpoint of {'params': ..., ['adapters': ...]}
 
-`load_pretrained(DIR)` needs no flags: the spec says what to build (`build_model`).
+`load_pretrained(DIR)` needs no flags: the spec says what to build (`build_model`). It
+also reads a training workdir or one of its checkpoints (`spt_jax.train.trained_model`).
 """
 
 import dataclasses
@@ -58,8 +59,9 @@ def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
   """The model spec of a converted model directory (without loading the weights)."""
   spec_path = os.path.join(directory, SPEC_FILE)
   if not os.path.isfile(spec_path):
-    raise SptUserError(f"{directory}: not a converted model directory (no {SPEC_FILE}); "
-                       "create one with `python -m weights_conversion.convert_sam`")
+    raise SptUserError(f"{directory}: not a model directory (no {SPEC_FILE}, no training "
+                       "checkpoints); create one with `python -m "
+                       "weights_conversion.convert_sam`, or train into it")
   try:
     with open(spec_path) as f:
       document = json.load(f)
@@ -75,7 +77,13 @@ def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
 
 
 def load_pretrained(directory: str) -> Pretrained:
-  """Spec and variables (numpy arrays) of a directory written by `save_pretrained`."""
+  """Spec and variables (numpy arrays) of a directory written by `save_pretrained`, or
+  of a training workdir or checkpoint (`spt_jax.train.trained_model`)."""
+  if not os.path.isfile(os.path.join(directory, SPEC_FILE)):
+    # pylint: disable-next=g-import-not-at-top  (it builds on this module)
+    from spt_jax.train import trained_model
+    if trained_model.locate_step(directory) is not None:
+      return trained_model.load_trained(directory)
   spec, adapters, metadata = load_spec(directory)
   variables_path = os.path.join(os.path.abspath(directory), VARIABLES_DIR)
   if not os.path.isdir(variables_path):

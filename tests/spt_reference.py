@@ -11,7 +11,10 @@ import types
 import numpy as np
 
 from meta_reference import build_meta_sam, randomize_, torch  # also installs the shim
+from segment_anything.modeling import Sam as MetaSam
 from segment_anything.modeling import transformer as meta_transformer
+from segment_anything.utils.transforms import ResizeLongestSide
+from weights_conversion.export_spec import read_export_spec
 
 nn = torch.nn
 
@@ -129,3 +132,38 @@ def random_torch_spt(spec, seed=0, **kwargs):
 
 def authors_state_dict(model) -> dict[str, np.ndarray]:
   return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_exported(checkpoint: str) -> TorchSpt:
+  """The TorchSpt an `export_spt` file describes (its spec file beside it), loaded
+  strictly: every key present, none extra, shapes equal."""
+  exported = read_export_spec(checkpoint)
+  adapters = exported.adapters
+  model = TorchSpt(exported.sam, rank=adapters.lora_rank, alpha=adapters.lora_alpha,
+                   vra_block=adapters.vra_block, vra_alpha=adapters.vra_alpha)
+  model.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)
+  return model
+
+
+class TorchSide:
+  """Meta's pre/post-processing around the torch SPT."""
+
+  def __init__(self, model, image, image_size):
+    self.model = model
+    self.sam = MetaSam(model.image_encoder, model.prompt_encoder, model.mask_decoder)
+    self.transform = ResizeLongestSide(image_size)
+    resized = self.transform.apply_image(image)
+    self.original_size, self.input_size = image.shape[:2], resized.shape[:2]
+    tensor = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
+    self.images = self.sam.preprocess(tensor)
+
+  def predict(self, box=None, point_coords=None, point_labels=None):
+    boxes = points = None
+    if box is not None:
+      boxes = torch.as_tensor(self.transform.apply_boxes(box[None], self.original_size)).float()
+    if point_coords is not None:
+      coords = self.transform.apply_coords(point_coords, self.original_size)
+      points = (torch.as_tensor(coords)[None].float(), torch.as_tensor(point_labels)[None])
+    draft, final, iou = self.model(self.images, points=points, boxes=boxes)
+    masks = self.sam.postprocess_masks(final, self.input_size, self.original_size) > 0
+    return masks[0].numpy(), iou[0].numpy(), final[0].numpy(), draft[0].numpy()

@@ -74,7 +74,7 @@ def test_missing_base_and_dataset_paths_fail_before_compiling(tmp_path):
   (tmp_path / "base").mkdir()
   result = run_main(f"--workdir={tmp_path}", f"--config={CONFIG_DIR}/visa.py",
                     f"--config.model.base={tmp_path / 'base'}")
-  assert result.returncode == 2 and "not a converted model directory" in result.stderr
+  assert result.returncode == 2 and "not a model directory" in result.stderr
 
 
 def test_missing_manual_dir_is_named():

@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from checkpoint_faults import corrupt_step
 from configs import CONFIG_DIR
+from spt_jax.predictor import SptPredictor
 from spt_jax.train.checkpoints import restore_trainable
+from spt_jax.train.model_setup import TINY_SPEC
+from weights_conversion import export_spt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(CONFIG_DIR, "default.py")
@@ -27,14 +31,14 @@ def main_job(tmp_path_factory):
   """Runs `python -m spt_jax.main`; all runs share compiled programs (as a user's do)."""
   cache = str(tmp_path_factory.mktemp("xla_cache"))
 
-  def run(workdir, *flags, background=False):
+  def run(workdir, *flags, background=False, expect_code=0):
     command = [sys.executable, "-m", "spt_jax.main", f"--workdir={workdir}",
                f"--compilation_cache={cache}", *flags]
     if background:
       return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == expect_code, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
   return run
@@ -93,8 +97,46 @@ TRAIN_ONLY = [f"--config={DEFAULT}:quick", "--mode=train", *SMALL_DATA,
               "--config.train.log_every_steps=1"]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(main_job, tmp_path):
-  main_job(tmp_path / "straight", *TRAIN_ONLY)
+@pytest.mark.reference
+def test_trained_workdir_is_a_model_that_exports(trained_workdir, tmp_path):
+  """The workdir loads as a model directory, and its export, run by the authors'-layout
+  PyTorch SPT (LoRA alpha 1), gives the trained model's logits (trained at alpha = rank,
+  4 decoder heads: the embedded base)."""
+  # pylint: disable=g-import-not-at-top  (torch only for this test)
+  from meta_reference import make_test_image
+  from spt_reference import TorchSide, load_exported
+  # pylint: enable=g-import-not-at-top
+  workdir, _ = trained_workdir
+  predictor = SptPredictor.from_pretrained(str(workdir), relation_impl="xla")
+  assert predictor.model.adapters.lora_alpha == predictor.model.adapters.lora_rank
+  image, box = make_test_image(180, 240, seed=3), np.array([30, 40, 200, 150])
+  predictor.set_image(image)
+  _, _, final, draft = predictor.predict(box=box, return_draft=True)
+  exported = str(tmp_path / "spt.pth")
+  assert export_spt.main(["--checkpoint", str(workdir), "--output", exported,
+                          "--allow-nonstandard"]) == 0
+  theirs = TorchSide(load_exported(exported), image, TINY_SPEC.image_size)
+  _, _, ref_final, ref_draft = theirs.predict(box=box)
+  for ours, reference in ((draft, ref_draft), (final, ref_final)):
+    assert np.abs(np.asarray(ours) - reference).max() <= 1e-3 * np.abs(reference).max()
+
+
+@pytest.fixture(scope="module")
+def straight_run(main_job, tmp_path_factory):
+  """The trained leaves of an uninterrupted TRAIN_ONLY run."""
+  workdir = tmp_path_factory.mktemp("straight")
+  main_job(workdir, *TRAIN_ONLY)
+  return restore_trainable(str(workdir))[0]
+
+
+def assert_same_leaves(got, expected):
+  got, expected = dict(_flatten(got)), dict(_flatten(expected))
+  assert expected.keys() == got.keys()
+  for key, value in expected.items():
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=key)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(main_job, straight_run, tmp_path):
   killed = tmp_path / "killed"
   process = main_job(killed, *TRAIN_ONLY, background=True)
   marker = killed / "checkpoints" / "3" / "commit_success.txt"
@@ -107,13 +149,95 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(main_job, tmp_path):
   assert 3 <= max(steps) < 12, steps  # killed mid-training
   resumed = main_job(killed, *TRAIN_ONLY)
   assert "resumed from step" in resumed.stdout + resumed.stderr
-  expected, _ = restore_trainable(str(tmp_path / "straight"))
-  got, _ = restore_trainable(str(killed))
-  flat = lambda tree: {k: np.asarray(v) for k, v in _flatten(tree)}
-  expected, got = flat(expected), flat(got)
-  assert expected.keys() == got.keys()
-  for key, value in expected.items():
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  assert_same_leaves(restore_trainable(str(killed))[0], straight_run)
+
+
+def test_sigterm_saves_the_next_step_and_exits_75(main_job, straight_run, tmp_path):
+  """Preemption: SIGTERM mid-training saves the step it finishes, exits with code 75;
+  the same command resumes, bit-identical to the uninterrupted run. Checkpoints every
+  100 steps: the only one saved is the preemption's."""
+  flags = [*TRAIN_ONLY, "--config.train.checkpoint_every_steps=100"]
+  workdir = tmp_path / "preempted"
+  process = main_job(workdir, *flags, background=True)
+  metrics = workdir / "metrics_train.jsonl"
+  deadline = time.time() + 600
+  while process.poll() is None and time.time() < deadline and (
+      not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait() == 75
+  steps = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 12, steps
+  main_job(workdir, *flags)
+  assert_same_leaves(restore_trainable(str(workdir))[0], straight_run)
+
+
+def _children(pid):
+  """Process ids of `pid`'s children (Linux /proc)."""
+  with open(f"/proc/{pid}/task/{pid}/children") as f:
+    return [int(child) for child in f.read().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_sigterm_to_one_of_two_processes_saves_an_agreed_step(tmp_path):
+  """Two processes (launch/multiprocess.py, gloo): SIGTERM to one of them; both save the
+  same step and exit 75; the same command resumes, bit-identical to an uninterrupted
+  two-process run."""
+  flags = [*TRAIN_ONLY, "--config.train.checkpoint_every_steps=100",
+           f"--compilation_cache={tmp_path / 'xla_cache'}"]
+
+  def launch(workdir, log_name):
+    log = tmp_path / log_name
+    with open(log, "w") as stderr:  # a file: a pipe nobody reads would block the job
+      process = subprocess.Popen(
+          [sys.executable, os.path.join(REPO, "launch", "multiprocess.py"),
+           "--processes=2", "--cpu_devices_per_process=1", "--", sys.executable, "-m",
+           "spt_jax.main", f"--workdir={workdir}", *flags], cwd=REPO,
+          stdout=subprocess.DEVNULL, stderr=stderr,
+          env={k: v for k, v in os.environ.items() if k != "SPT_DISTRIBUTED"})
+    return process, log
+
+  straight, log = launch(tmp_path / "straight", "straight.log")
+  assert straight.wait(timeout=1200) == 0, log.read_text()[-3000:]
+  workdir = tmp_path / "preempted"
+  launcher, log = launch(workdir, "preempted.log")
+  metrics = workdir / "metrics_train.jsonl"
+  deadline = time.time() + 900
+  while launcher.poll() is None and time.time() < deadline and (
+      not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    time.sleep(0.05)
+  os.kill(_children(launcher.pid)[1], signal.SIGTERM)  # process 1 only
+  assert launcher.wait(timeout=600) == 75, log.read_text()[-3000:]
+  assert "run this same command again to resume" in log.read_text()
+  steps = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 12, steps
+  resumed, log = launch(workdir, "resumed.log")
+  assert resumed.wait(timeout=1200) == 0, log.read_text()[-3000:]
+  assert_same_leaves(restore_trainable(str(workdir))[0],
+                     restore_trainable(str(tmp_path / "straight"))[0])
+
+
+def test_a_corrupt_final_checkpoint_is_saved_again(main_job, tmp_path):
+  """Rerun after the final step's files were damaged: the step is set aside, trained and
+  saved again, bit-identical; evaluation then reads it. With every step damaged,
+  evaluation stops with one line (exit 2)."""
+  workdir = tmp_path / "job"
+  train = [f"--config={DEFAULT}:quick", *SMALL_DATA, "--config.train.num_steps=3",
+           "--config.train.checkpoint_every_steps=1"]
+  main_job(workdir, *train, "--mode=train")
+  final, _ = restore_trainable(str(workdir))
+  corrupt_step(workdir / "checkpoints" / "3")
+  rerun = main_job(workdir, *train, "--mode=train")
+  assert "resumed from step 2" in rerun.stdout + rerun.stderr
+  assert "Traceback" not in rerun.stderr and "Exception ignored" not in rerun.stderr
+  assert (workdir / "unreadable_checkpoints" / "3").is_dir()
+  assert_same_leaves(restore_trainable(str(workdir))[0], final)
+  main_job(workdir, *train, "--mode=eval")
+  for step in (1, 2, 3):
+    corrupt_step(workdir / "checkpoints" / str(step))
+  failed = main_job(workdir, *train, "--mode=eval", expect_code=2)
+  assert "no readable checkpoint" in failed.stderr and "Traceback" not in failed.stderr
 
 
 def _flatten(tree, prefix=""):

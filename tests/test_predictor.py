@@ -94,7 +94,7 @@ def test_from_pretrained_needs_no_flags(tmp_path):
 
 
 def test_load_pretrained_errors(tmp_path):
-  with pytest.raises(SptUserError, match="not a converted model directory"):
+  with pytest.raises(SptUserError, match="not a model directory"):
     load_pretrained(str(tmp_path))
   (tmp_path / "model_spec.json").write_text("{broken")
   with pytest.raises(SptUserError, match="not valid JSON"):

@@ -11,9 +11,16 @@ Writes an Orbax checkpoint and `model_spec.json` into --output, loadable with
 `spt_jax.pretrained.load_pretrained` (and the predictors' `from_pretrained`). Problems
 with the input (unreadable file, not SAM, missing/unexpected keys, wrong shapes) exit
 with code 2 and one message naming the file and keys.
+
+The architecture comes from the tensor shapes; an SPT file's adapters run as the
+authors' code runs them (LoRA alpha 1, i.e. scale 1 / r). What shapes cannot say (the
+decoder's heads, the VRA block and sparsification, the LoRA alpha) comes from the
+`<name>.spt_jax.json` that `export_spt` writes beside its files, when present, else
+from the flags.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 
@@ -23,6 +30,7 @@ from spt_jax.models.sam import Sam, init_variables
 from spt_jax.pretrained import save_pretrained
 from spt_jax.spt.model import Spt
 from weights_conversion import spt_layout
+from weights_conversion.export_spec import read_export_spec, spec_path
 from weights_conversion.infer_spec import preset_name, resolve_spec
 from weights_conversion.mapping import expected_shapes, state_dict_to_variables
 from weights_conversion.readers import read_state_dict
@@ -50,11 +58,51 @@ def _spt_state(checkpoint, state, base):
   return spt_layout.with_refine_decoder(state)
 
 
+# What an SPT file's shapes do not say, as the authors' code runs it.
+ADAPTER_DEFAULTS = {"lora_alpha": spt_layout.AUTHORS_LORA_ALPHA, "vra_block": -1,
+                    "vra_alpha": 0.0}
+
+
+def _with_export_spec(spec, exported, checkpoint):
+  """`spec` (from the shapes) with the decoder heads of the export spec, checked."""
+  if exported is None:
+    return spec
+  recorded = exported.sam
+  if dataclasses.replace(spec, decoder_num_heads=recorded.decoder_num_heads) != recorded:
+    raise SptUserError(f"{spec_path(checkpoint)}: records a model other than the one in "
+                       f"{checkpoint}'s tensors; delete or fix the spec file")
+  return recorded
+
+
+def _adapter_settings(exported, checkpoint, given):
+  """lora_alpha, vra_block, vra_alpha: flags (None = not given) over the export spec
+  over ADAPTER_DEFAULTS; a flag that contradicts the spec file is an error."""
+  recorded = {} if exported is None else {
+      name: getattr(exported.adapters, name) for name in ADAPTER_DEFAULTS}
+  settings = dict(ADAPTER_DEFAULTS, **recorded)
+  for name, value in given.items():
+    if value is None:
+      continue
+    if name in recorded and recorded[name] != value:
+      raise SptUserError(f"--{name.replace('_', '-')}={value}, but {spec_path(checkpoint)} "
+                         f"records {recorded[name]}; drop the flag")
+    settings[name] = value
+  return settings
+
+
 def convert(checkpoint: str, output: str, model_type: str = "auto", base: str = None,
-            lora_alpha: float = 1.0, vra_block: int = -1, vra_alpha: float = 0.0) -> None:
-  """Reads, checks and converts `checkpoint` into the directory `output`."""
+            lora_alpha: float | None = None, vra_block: int | None = None,
+            vra_alpha: float | None = None) -> None:
+  """Reads, checks and converts `checkpoint` into the directory `output`.
+
+  lora_alpha, vra_block, vra_alpha: None takes them from the export spec beside the
+  checkpoint, if any, else ADAPTER_DEFAULTS.
+  """
   print(f"reading {checkpoint}", flush=True)
   state = read_state_dict(checkpoint)
+  exported = read_export_spec(checkpoint)
+  if exported is not None:
+    print(f"with the spec in {spec_path(checkpoint)}", flush=True)
   is_spt = spt_layout.is_spt_state(state)
   if base is not None and not is_spt:
     raise SptUserError(f"{checkpoint}: --base is only for SPT checkpoints, and this one has "
@@ -62,7 +110,8 @@ def convert(checkpoint: str, output: str, model_type: str = "auto", base: str = 
   if is_spt:
     state = _spt_state(checkpoint, state, base)
   sam_part = {k: v for k, v in state.items() if not k.startswith("draft_decoder.")}
-  spec = resolve_spec(sam_part, model_type, checkpoint)
+  spec = _with_export_spec(resolve_spec(sam_part, model_type, checkpoint), exported,
+                           checkpoint)
   enc = spec.encoder
   print(f"model: {preset_name(spec)} (image {enc.image_size}, dim {enc.embed_dim}, "
         f"depth {enc.depth}, heads {enc.num_heads}, global blocks "
@@ -70,8 +119,9 @@ def convert(checkpoint: str, output: str, model_type: str = "auto", base: str = 
   metadata = {"source": checkpoint, "source_sha256": file_sha256(checkpoint),
               "model_type": preset_name(spec)}
   if is_spt:
-    adapters = spt_layout.infer_adapter_spec(state, checkpoint, lora_alpha=lora_alpha,
-                                             vra_block=vra_block, vra_alpha=vra_alpha)
+    adapters = spt_layout.infer_adapter_spec(state, checkpoint, **_adapter_settings(
+        exported, checkpoint,
+        dict(lora_alpha=lora_alpha, vra_block=vra_block, vra_alpha=vra_alpha)))
     print(f"SPT adapters: LoRA rank {adapters.lora_rank} (encoder {adapters.lora_encoder}, "
           f"decoders {adapters.lora_decoder}), VRA {adapters.vra}", flush=True)
     state = spt_layout.drop_unused_gammas(state, adapters)
@@ -99,12 +149,15 @@ def parse_args(argv):
                       help="expected size; 'auto' infers it from the tensor shapes")
   parser.add_argument("--base", default=None,
                       help="SAM checkpoint an adapters-only SPT checkpoint was trained on")
-  parser.add_argument("--lora-alpha", type=float, default=1.0,
-                      help="LoRA alpha the SPT checkpoint was trained with (authors: 1)")
-  parser.add_argument("--vra-block", type=int, default=-1,
-                      help="1-based two-way block that uses gamma (authors' vatt_pos); -1: all")
-  parser.add_argument("--vra-alpha", type=float, default=0.0,
-                      help="relation sparsification alpha (authors' vatt_alpha)")
+  parser.add_argument("--lora-alpha", type=float, default=None,
+                      help="LoRA alpha the file's adapters are run with (default: the "
+                      "spec file's, else the authors' 1)")
+  parser.add_argument("--vra-block", type=int, default=None,
+                      help="1-based two-way block that uses gamma (authors' vatt_pos); "
+                      "default: the spec file's, else -1 (all)")
+  parser.add_argument("--vra-alpha", type=float, default=None,
+                      help="relation sparsification alpha (authors' vatt_alpha); default: "
+                      "the spec file's, else 0")
   return parser.parse_args(argv)
 
 

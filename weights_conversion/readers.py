@@ -6,6 +6,7 @@ is refused, never executed. Every failure is a `SptUserError` naming the file.
 
 import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -15,12 +16,19 @@ from spt_jax.errors import SptUserError
 StateDict = dict[str, np.ndarray]
 # Wrappers some training scripts put around the state dict.
 _WRAPPER_KEYS = ("state_dict", "model", "module")
+# Terminal colour codes torch puts in its unpickling message.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def read_state_dict(path: str) -> StateDict:
   """The tensors of a checkpoint file as float32/int numpy arrays, by torch key."""
+  if os.path.isdir(path):
+    raise SptUserError(f"{path}: is a directory, expected a checkpoint file (.pth, .pt or "
+                       ".safetensors)")
   if not os.path.isfile(path):
     raise SptUserError(f"checkpoint file not found: {path}")
+  if os.path.getsize(path) == 0:
+    raise SptUserError(f"{path}: the checkpoint file is empty (0 bytes)")
   if path.endswith(".safetensors"):
     return _read_safetensors(path)
   return _read_torch_pickle(path)
@@ -44,7 +52,7 @@ def _read_torch_pickle(path: str) -> StateDict:
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
-    first_line = str(error).strip().splitlines()[0]
+    first_line = _ANSI_ESCAPE.sub("", str(error)).strip().splitlines()[0]
     raise SptUserError(
         f"{path}: refused to unpickle, the file holds objects other than tensors "
         f"(a pickle that carries code is never executed): {first_line}") from None

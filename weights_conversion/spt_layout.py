@@ -8,6 +8,10 @@ Their state dict is Meta's SAM plus:
   draft_decoder.* (the refine step; keys it lacks are copied from mask_decoder.*).
 Ours stacks the two decoders on a leading axis under `decoders/mask_decoder`: index 0
 is their `mask_decoder` (draft step), index 1 their `draft_decoder` (refine step).
+
+Their code scales every LoRA delta B A by 1 / r (alpha fixed at 1); ours by alpha / r.
+Exports therefore carry lora_B times alpha (`to_authors_lora_scale`), and their files
+are read with alpha = 1: the same function on both sides.
 """
 
 import re
@@ -15,11 +19,13 @@ import re
 import numpy as np
 
 from spt_jax.errors import SptUserError
-from spt_jax.models.config import AdapterSpec
+from spt_jax.models.config import AdapterSpec, SamSpec
+from weights_conversion.infer_spec import preset_name
 from weights_conversion.key_table import flax_to_torch
 from weights_conversion.mapping import KeyLayout, Location, SAM_LAYOUT
 
 DECODER_PREFIXES = ("mask_decoder", "draft_decoder")  # step 0 (draft), step 1 (refine)
+AUTHORS_LORA_ALPHA = 1.0
 _STACK = "decoders"
 
 
@@ -92,3 +98,33 @@ def drop_unused_gammas(state: dict[str, np.ndarray], adapters: AdapterSpec) -> d
   keep = f".layers.{adapters.vra_block - 1}.lora_sim_scale"
   return {k: v for k, v in state.items()
           if not k.endswith(".lora_sim_scale") or k.endswith(keep)}
+
+
+def to_authors_lora_scale(state: dict[str, np.ndarray], adapters: AdapterSpec) -> dict:
+  """`state` with every lora_B scaled so that their alpha gives the delta ours gives."""
+  factor = np.float32(adapters.lora_alpha / AUTHORS_LORA_ALPHA)
+  return {key: value * factor if key.endswith(".lora_B") else value
+          for key, value in state.items()}
+
+
+def unexportable(adapters: AdapterSpec, sdt_steps: int) -> list[str]:
+  """Why the layout cannot hold the model at all (empty when it can)."""
+  reasons = []
+  if sdt_steps != len(DECODER_PREFIXES):
+    reasons.append(f"{sdt_steps} SDT steps (the layout has a draft and a refine decoder)")
+  if adapters.mlp_adapter_dim or adapters.vpt_tokens:
+    reasons.append("MLP adapters or VPT tokens (the layout has LoRA and gamma only)")
+  return reasons
+
+
+def nonstandard(spec: SamSpec, adapters: AdapterSpec) -> list[str]:
+  """Why the authors' code would not build this model (empty when it would)."""
+  reasons = []
+  if preset_name(spec) == "custom":
+    reasons.append("its SAM size is none of vit_b, vit_l, vit_h (the only sizes of "
+                   "sam_model_registry)")
+  if not (adapters.lora_rank and adapters.lora_encoder and adapters.lora_decoder):
+    reasons.append("it lacks LoRA in the encoder or the decoders")
+  if not adapters.vra:
+    reasons.append("it has no VRA gammas")
+  return reasons

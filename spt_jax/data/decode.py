@@ -36,14 +36,18 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 
 
 def _open(data: bytes, path: str, what: str) -> Image.Image:
-  """A fully loaded PIL image; truncated or unreadable data raises SptUserError."""
+  """A fully loaded PIL image; empty, truncated or unreadable data raises SptUserError."""
+  if not data:
+    raise SptUserError(f"{path}: the {what} file is empty (0 bytes)")
+  image_stream = io.BytesIO(data)
   try:
-    image = Image.open(io.BytesIO(data))
+    image = Image.open(image_stream)
     image.load()
     return image
   except _PIL_ERRORS as e:
+    reason = str(e).replace(f" {image_stream!r}", "")  # PIL names the stream, not the file
     raise SptUserError(
-        f"{path}: unreadable or truncated {what} ({e}); expected a complete image file "
+        f"{path}: unreadable or truncated {what} ({reason}); expected a complete image file "
         f"({', '.join(IMAGE_EXTENSIONS)})") from e
 
 

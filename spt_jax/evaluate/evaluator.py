@@ -189,7 +189,8 @@ class Evaluator:
     return {"records": records,
             "pixel": self._pixel_metrics(accumulators, dataset, prompt),
             "normal_left_out": {(dataset, c): n
-                                for c, n in pipeline.normal_left_out.items()}}
+                                for c, n in pipeline.normal_left_out.items()},
+            "skipped": {dataset: pipeline.skipped_at_build}}
 
   def _gather(self, records, accumulators):
     """All processes' records and accumulators, on the main process (a shared workdir).
@@ -258,6 +259,7 @@ class Evaluator:
     """Evaluates, writes results.json/csv/md and overlays, prints the table."""
     evaluation = self.evaluate(variables, num_overlays=self.config.eval.num_overlays)
     kwargs = dict(pixel=evaluation["pixel"], normal_left_out=evaluation["normal_left_out"],
+                  skipped=evaluation["skipped"],
                   config=self.config.to_dict())
     if write_reports and jax.process_index() == 0:
       results = reports.write_results(self.workdir, evaluation["records"], **kwargs)
@@ -286,4 +288,7 @@ def _pad_rows(arrays, rows: int):
 
 
 def _pixel_row(accumulator) -> dict[str, float]:
-  return {"auroc": accumulator.auroc(), "aupro": accumulator.aupro()}
+  """AUROC, AUPRO and the bounds of their binning error (reports.PIXEL_BOUNDS)."""
+  bounds = accumulator.error_bounds()
+  return {"auroc": accumulator.auroc(), "aupro": accumulator.aupro(),
+          "auroc_error_bound": bounds["auroc"], "aupro_error_bound": bounds["aupro"]}

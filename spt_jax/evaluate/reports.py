@@ -7,9 +7,12 @@ Inputs:
   pixel         optional pixel AUROC / AUPRO (`anomaly_metrics`), keyed
                 (dataset, prompt, category) for a category's pixels or
                 (dataset, prompt, None) for all pixels of the dataset (pooled):
-                {key: {step: {'auroc', 'aupro'}}}.
+                {key: {step: {'auroc', 'aupro'[, 'auroc_error_bound',
+                'aupro_error_bound']}}}: the bounds on the binned values' error.
   normal_left_out  optional {(dataset, category): number of normal images} (empty masks,
                 left out of promptable evaluation).
+  skipped       optional {dataset: [[path, why], ...]}: files skipped when the data
+                set was built (`on_bad_input='skip'`).
   config        optional JSON-able dict, stored as is.
 
 Per dataset and prompt (results.json, results.md):
@@ -37,6 +40,7 @@ from spt_jax.errors import SptUserError
 FINAL = "final"
 MASK_METRICS = ("iou", "boundary_iou", "dice")
 PIXEL_METRICS = ("auroc", "aupro")
+PIXEL_BOUNDS = ("auroc_error_bound", "aupro_error_bound")
 METRIC_NAMES = {"iou": "IoU", "boundary_iou": "BIoU", "dice": "Dice", "auroc": "AUROC",
                 "aupro": "AUPRO"}
 # {(dataset, prompt, category or None): {step: {'auroc', 'aupro'}}}; {(dataset, category): n}.
@@ -92,19 +96,23 @@ def _number(value: Optional[float]) -> Optional[float]:
 
 def _row(records: list[ImageRecord], steps: list[str],
          pixel: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Optional[float]]]:
-  """{step: {mask metric: mean over the records, pixel metric: from `pixel`}}."""
+  """{step: {mask metric: mean over the records, pixel metric and bound: from `pixel`}}
+  (bounds only where `pixel` has them)."""
   return {s: {**{m: _mean(r.scores[s][m] for r in records) for m in MASK_METRICS},
-              **{m: _number(pixel.get(s, {}).get(m)) for m in PIXEL_METRICS}}
+              **{m: _number(pixel.get(s, {}).get(m)) for m in PIXEL_METRICS},
+              **{m: _number(pixel[s][m]) for m in PIXEL_BOUNDS if m in pixel.get(s, {})}}
           for s in steps}
 
 
 def summarize(records: Iterable[ImageRecord], *, pixel: Optional[PixelMetrics] = None,
               normal_left_out: Optional[LeftOut] = None,
+              skipped: Optional[Mapping[str, list]] = None,
               config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
   """The results.json content (module docstring); datasets, prompts, categories sorted.
 
   {'config': ..., 'datasets': {dataset: {
      'normal_left_out': {'total': n, 'per_category': {category: n}},
+     'skipped_at_build': [[path, why], ...],
      'prompts': {prompt: {
         'num_images': n, 'steps': [steps every record of the group has],
         'all_images': {step: {iou, boundary_iou, dice, auroc, aupro}},
@@ -113,9 +121,10 @@ def summarize(records: Iterable[ImageRecord], *, pixel: Optional[PixelMetrics] =
   """
   records = list(records)
   pixel = pixel or {}
-  normal_left_out = normal_left_out or {}
+  normal_left_out, skipped = normal_left_out or {}, skipped or {}
   datasets = {}
-  for dataset in sorted({r.dataset for r in records} | {d for d, _ in normal_left_out}):
+  for dataset in sorted({r.dataset for r in records} | {d for d, _ in normal_left_out}
+                        | set(skipped)):
     left_out = {c: int(n) for (d, c), n in sorted(normal_left_out.items()) if d == dataset}
     prompts = {}
     of_dataset = [r for r in records if r.dataset == dataset]
@@ -139,6 +148,7 @@ def summarize(records: Iterable[ImageRecord], *, pixel: Optional[PixelMetrics] =
           "categories": categories}
     datasets[dataset] = {
         "normal_left_out": {"total": sum(left_out.values()), "per_category": left_out},
+        "skipped_at_build": [list(entry) for entry in skipped.get(dataset, [])],
         "prompts": prompts}
   return {"config": dict(config or {}), "datasets": datasets}
 
@@ -188,6 +198,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
   for dataset, prompt, summary in _groups(results):
     columns = _metric_columns(summary["steps"])
     left_out = results["datasets"][dataset]["normal_left_out"]["total"]
+    skipped = results["datasets"][dataset].get("skipped_at_build", [])
     rows = [[category, str(values["num_images"])] + [_cell(values[s][m]) for m, s in columns]
             for category, values in summary["categories"].items()]
     rows.append(["**all images**", str(summary["num_images"])]
@@ -199,8 +210,28 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"left out: {left_out}. All images: IoU / BIoU / Dice are means over the images "
         "(the SPT authors' dataset figure), AUROC / AUPRO are over the pooled pixels. Mean "
         "over categories: the mean of the category rows (its n counts categories).\n\n"
-        + _render(["category", "n"] + _column_titles(columns), rows, markdown=True))
+        + _render(["category", "n"] + _column_titles(columns), rows, markdown=True)
+        + _bounds_note(summary["all_images"]) + _skipped_note(skipped))
   return "\n\n".join(sections) + "\n"
+
+
+def _bounds_note(all_images: Mapping[str, Mapping[str, Optional[float]]]) -> str:
+  """A line with the largest binning-error bounds of the pooled AUROC / AUPRO, if any."""
+  bounds = {m: [v[m] for v in all_images.values() if v.get(m) is not None]
+            for m in PIXEL_BOUNDS}
+  if not all(bounds.values()):
+    return ""
+  return (f"\n\nAUROC and AUPRO come from score histograms; their error is at most "
+          f"{max(bounds['auroc_error_bound']):.1e} and {max(bounds['aupro_error_bound']):.1e} "
+          "(all images, every step).")
+
+
+def _skipped_note(skipped: list) -> str:
+  """The files left out when the data set was built, and why."""
+  if not skipped:
+    return ""
+  return (f"\n\nFiles skipped when the data set was built ({len(skipped)}):\n\n"
+          + "\n".join(f"- `{path}`: {why}" for path, why in skipped))
 
 
 def text_table(results: Mapping[str, Any]) -> str:
@@ -237,10 +268,12 @@ def flat_means(results: Mapping[str, Any]) -> dict[str, float]:
 def write_results(output_dir: str, records: Iterable[ImageRecord], *,
                   pixel: Optional[PixelMetrics] = None,
                   normal_left_out: Optional[LeftOut] = None,
+                  skipped: Optional[Mapping[str, list]] = None,
                   config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
   """Writes results.json, results.csv and results.md into output_dir; returns `summarize`."""
   records = list(records)
-  results = summarize(records, pixel=pixel, normal_left_out=normal_left_out, config=config)
+  results = summarize(records, pixel=pixel, normal_left_out=normal_left_out,
+                      skipped=skipped, config=config)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, allow_nan=False)

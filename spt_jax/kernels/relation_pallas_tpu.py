@@ -228,6 +228,12 @@ class _Layout:
   vmem_limit: int
 
   @classmethod
+  def of(cls, e, v, *, backward, **blocks) -> "_Layout":
+    """`choose` for e (B, N, C) and v (B, N, D)."""
+    _, n, c = e.shape
+    return cls.choose(n, c, v.shape[-1], v.dtype.itemsize, backward=backward, **blocks)
+
+  @classmethod
   def choose(cls, n, c, d, itemsize, *, backward, block_q, block_k, block_d,
              vmem_limit_bytes):
     """Blocks as given, the rest the largest that fit the VMEM budget."""
@@ -258,6 +264,16 @@ class _Layout:
         f"relation_attention (pallas_tpu): no blocks fit {limit / _MIB:.0f} MiB "
         f"of VMEM for C = {c}, D = {d}; pass smaller block_q / block_k / block_d "
         "or a larger vmem_limit_bytes")
+
+  @property
+  def sizes(self) -> tuple[int, int, int, int, int]:
+    """(block_q, block_k, block_d, n_pad, d_pad)."""
+    return self.block_q, self.block_k, self.block_d, self.n_pad, self.d_pad
+
+  def pad(self, e, *values):
+    """e (B, N, C) to n_pad rows; each (B, N, D) value to n_pad rows, d_pad columns."""
+    return (rc.pad_axis(e, 1, self.n_pad),
+            *(rc.pad_axis(rc.pad_axis(x, 1, self.n_pad), 2, self.d_pad) for x in values))
 
   @property
   def n_pad(self):
@@ -337,13 +353,10 @@ def forward(e, v, *, threshold, block_q=None, block_k=None, block_d=None,
   """e (B, N, C), v (B, N, D) -> out (B, N, D), lse (B, N), zinv (B, N)."""
   b, n, c = e.shape
   d = v.shape[-1]
-  lay = _Layout.choose(n, c, d, v.dtype.itemsize, backward=False,
-                       block_q=block_q, block_k=block_k, block_d=block_d,
-                       vmem_limit_bytes=vmem_limit_bytes)
-  bq, bk, bd, n_pad, dp = (lay.block_q, lay.block_k, lay.block_d, lay.n_pad,
-                           lay.d_pad)
-  e_p = rc.pad_axis(e, 1, n_pad)
-  v_p = rc.pad_axis(rc.pad_axis(v, 1, n_pad), 2, dp)
+  lay = _Layout.of(e, v, backward=False, block_q=block_q, block_k=block_k,
+                   block_d=block_d, vmem_limit_bytes=vmem_limit_bytes)
+  bq, bk, bd, n_pad, dp = lay.sizes
+  e_p, v_p = lay.pad(e, v)
   isz = v.dtype.itemsize
   stat = jax.ShapeDtypeStruct((b, n_pad, _LANES), jnp.float32)
   out = jax.ShapeDtypeStruct((b, n_pad, dp), v.dtype)
@@ -392,13 +405,10 @@ def backward(e, v, out, lse, zinv, d_out, *, threshold, block_q=None,
   """Residuals of `forward` and dO (B, N, D) -> de (B, N, C), dv (B, N, D)."""
   b, n, c = e.shape
   d = v.shape[-1]
-  lay = _Layout.choose(n, c, d, v.dtype.itemsize, backward=True,
-                       block_q=block_q, block_k=block_k, block_d=block_d,
-                       vmem_limit_bytes=vmem_limit_bytes)
-  bq, bk, bd, n_pad, dp = (lay.block_q, lay.block_k, lay.block_d, lay.n_pad,
-                           lay.d_pad)
-  e_p = rc.pad_axis(e, 1, n_pad)
-  v_p, do_p = (rc.pad_axis(rc.pad_axis(x, 1, n_pad), 2, dp) for x in (v, d_out))
+  lay = _Layout.of(e, v, backward=True, block_q=block_q, block_k=block_k,
+                   block_d=block_d, vmem_limit_bytes=vmem_limit_bytes)
+  bq, bk, bd, n_pad, dp = lay.sizes
+  e_p, v_p, do_p = lay.pad(e, v, d_out)
   stats = [_lanes(x, n_pad) for x in (lse, zinv)] + [_tile_delta(out, d_out, lay)]
   isz = v.dtype.itemsize
   # Per pass: scores (and dO V^T) per tile, dS @ En, the rows it streams.

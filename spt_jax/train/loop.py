@@ -21,6 +21,7 @@ from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.metric_writer import MetricWriter, Progress, format_duration
 from spt_jax.train.model_setup import ModelSetup
 from spt_jax.train.optimizer import OptimizerSpec, learning_rate_schedule, make_optimizer
+from spt_jax.train.preemption import Preempted, PreemptionWatch
 from spt_jax.train.trainable import merge
 
 # evaluate(variables, step) -> flat metrics {name: value}
@@ -83,6 +84,7 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
   writer = MetricWriter(workdir, "train")
   progress = Progress(total_steps, batch_size * jax.process_count())
   metrics: dict[str, float] = {}
+  preemption = PreemptionWatch()
   try:
     for step in range(start + 1, total_steps + 1):
       state, step_metrics = train_step(
@@ -92,14 +94,19 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
         metrics.update(progress.report(step), learning_rate=float(learning_rate(step - 1)))
         writer.write(step, metrics)
         _log_progress(step, total_steps, metrics)
-      if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+      preempted = preemption.reached(step)
+      if preempted or step % config.train.checkpoint_every_steps == 0 or step == total_steps:
         checkpoints.save(state, iterator)
+      if preempted:
+        checkpoints.wait()
+        raise Preempted(step)
       if evaluate and config.train.eval_every_steps and (
           step % config.train.eval_every_steps == 0 or step == total_steps):
         eval_metrics = evaluate(merge(state.trainable, frozen), step)
         checkpoints.save_best(state, iterator, eval_metrics)
     checkpoints.wait()
   finally:
+    preemption.close()
     writer.close()
     checkpoints.close()
   return TrainResult(merge(state.trainable, frozen), total_steps, metrics)

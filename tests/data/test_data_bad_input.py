@@ -27,6 +27,10 @@ def garbage(path):
   path.write_bytes(b"this is not an image")
 
 
+def empty(path):
+  path.write_bytes(b"")
+
+
 def drop_mask(path):
   (path.parents[2] / "ground_truth" / "crack" / f"{path.stem}_mask.png").unlink()
 
@@ -43,7 +47,9 @@ def empty_mask(path):
 
 CASES = {
     "truncated image": (truncate, r"unreadable or truncated image .*expected a complete"),
-    "unreadable image": (garbage, r"unreadable or truncated image .*expected a complete"),
+    "unreadable image": (garbage, r"unreadable or truncated image \(cannot identify image "
+                         r"file\); expected a complete"),
+    "empty image": (empty, r"001\.png: the image file is empty \(0 bytes\)"),
     "missing mask": (drop_mask, r"missing mask for this anomalous image; expected "
                      r".*ground_truth/crack/001_mask\.png"),
     "mask size differs": (wrong_size_mask, r"mask is 26x32 \(HxW\) but its image .*001\.png "

@@ -1,5 +1,7 @@
 """Every benchmark builder on a tiny tree in its real layout, read back through grain."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -96,7 +98,9 @@ def test_category_selection(tmp_path):
 
 def test_second_build_finds_the_built_files(tmp_path):
   fake_trees.write_ksdd2(tmp_path / "raw")
-  builders.build("ksdd2", tmp_path / "raw", tmp_path / "tfds")
-  (tmp_path / "raw" / "train" / "10000.png").unlink()  # Not read again.
+  first = builders.build("ksdd2", tmp_path / "raw", tmp_path / "tfds")
+  info = os.path.join(first.data_dir, "dataset_info.json")
+  written = os.stat(info).st_mtime_ns
   built = builders.build("ksdd2", tmp_path / "raw", tmp_path / "tfds")
+  assert os.stat(info).st_mtime_ns == written  # not built again
   assert built.info.splits["train"].num_examples == 2

@@ -48,8 +48,9 @@ def accumulate(score_maps, gt_maps, **kwargs):
   return accumulator
 
 
-def sam_like(seed, count=6, size=(48, 64)):
-  """Sigmoid score maps of SAM-like logits with blob defects, some regions missed."""
+def sam_like(seed, count=6, size=(48, 64), background=(-12, 4), missed_logits=(-7, 3)):
+  """Sigmoid score maps of SAM-like logits with blob defects, some regions missed;
+  logits of the background and of the missed regions ~ N(mean, std)."""
   rng = np.random.default_rng(seed)
   scores, gts = [], []
   for _ in range(count):
@@ -57,9 +58,9 @@ def sam_like(seed, count=6, size=(48, 64)):
     gt = noise > np.quantile(noise, rng.uniform(0.8, 0.97))
     labels, regions = ndimage.label(gt, structure=np.ones((3, 3)))
     missed = np.isin(labels, rng.choice(np.arange(1, regions + 1), regions // 2)) & gt
-    logits = rng.normal(-12, 4, size)
+    logits = rng.normal(*background, size)
     logits[gt] = rng.normal(3, 4, gt.sum())
-    logits[missed] = rng.normal(-7, 3, missed.sum())
+    logits[missed] = rng.normal(*missed_logits, missed.sum())
     scores.append((1 / (1 + np.exp(-logits))).astype(np.float32))
     gts.append(gt)
   return scores, gts
@@ -127,6 +128,21 @@ def test_aupro_matches_the_exact_value(seed):
   assert 0.05 < exact < 0.95
   assert abs(accumulator.aupro() - exact) <= accumulator.error_bounds()["aupro"] + 1e-12
   assert accumulator.aupro() == pytest.approx(exact, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_confident_backgrounds_are_resolved(seed):
+  """Logits around -50 (a full-size SAM's backgrounds) and missed defects around -40:
+  nothing a float32 sigmoid resolves falls into an end bin."""
+  scores, gts = sam_like(seed, background=(-50, 6), missed_logits=(-42, 5))
+  background = np.concatenate([s[~g] for s, g in zip(scores, gts)])
+  assert np.median(background) < 1e-20  # sigmoid(-32) = 1.3e-14: beyond the former range
+  accumulator = accumulate(scores, gts)
+  bounds = accumulator.error_bounds()
+  exact_roc, exact_pro = exact_auroc(np.stack(scores), np.stack(gts)), exact_aupro(scores, gts)
+  assert abs(accumulator.auroc() - exact_roc) <= min(bounds["auroc"] + 1e-12, 1e-3)
+  assert abs(accumulator.aupro() - exact_pro) <= min(bounds["aupro"] + 1e-12, 1e-3)
+  assert bounds["auroc"] < 1e-3 and bounds["aupro"] < 1e-3
 
 
 def test_coarse_bins_stay_within_their_error_bound():

@@ -173,3 +173,21 @@ def test_bad_records_name_the_field():
     ImageRecord("mvtec", "bottle", "crack", "x.png", "box", {"final": {"iou": 1.0}})
   with pytest.raises(SptUserError, match="finite"):
     ImageRecord("mvtec", "bottle", "crack", "x.png", "box", {"final": scores(np.nan, 1, 1)})
+
+
+def test_skipped_files_and_metric_bounds_are_reported(tmp_path):
+  pixel = {("mvtec", "box", None): {
+      "final": {"auroc": 0.9, "aupro": 0.8, "auroc_error_bound": 2e-6,
+                "aupro_error_bound": 3e-5},
+      "draft": {"auroc": 0.8, "aupro": 0.7, "auroc_error_bound": 4e-6,
+                "aupro_error_bound": 1e-5}}}
+  skipped = {"mvtec": [["/data/bottle/test/crack/001.png", "the image file is empty"]]}
+  results = reports.write_results(str(tmp_path), RECORDS[:3], pixel=pixel, skipped=skipped)
+  mvtec = json.loads((tmp_path / "results.json").read_text())["datasets"]["mvtec"]
+  assert mvtec["skipped_at_build"] == skipped["mvtec"]
+  assert mvtec["prompts"]["box"]["all_images"]["final"]["aupro_error_bound"] == 3e-5
+  assert results["datasets"]["mvtec"]["skipped_at_build"] == skipped["mvtec"]
+  text = (tmp_path / "results.md").read_text()
+  assert "Files skipped when the data set was built (1)" in text
+  assert "- `/data/bottle/test/crack/001.png`: the image file is empty" in text
+  assert "error is at most 4.0e-06 and 3.0e-05" in text

@@ -1,4 +1,4 @@
-"""Training checkpoints: round trip, iterator position, base check, corrupt-latest fallback."""
+"""Training checkpoints: round trip, iterator position, base check, unreadable steps."""
 
 import os
 
@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from checkpoint_faults import corrupt_step
 from spt_jax.errors import SptUserError
 from spt_jax.train.checkpoints import TrainCheckpoints, restore_trainable
 from spt_jax.train.step import TrainState
@@ -50,18 +51,48 @@ def test_restores_the_newest_state_and_iterator_position(tmp_path):
   assert meta == META and float(trainable["adapters"]["w"][0]) == 2.0
 
 
-def test_corrupt_latest_falls_back_to_the_previous_with_a_warning(tmp_path, caplog):
+def test_corrupt_latest_is_set_aside_and_saved_again(tmp_path, caplog, capfd):
   saved(tmp_path, [1, 2]).close()
-  state_dir = tmp_path / "checkpoints" / "2" / "state"
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
+  corrupt_step(tmp_path / "checkpoints" / "2")
   iterator = FakeIterator()
-  restored = TrainCheckpoints(str(tmp_path), 3, "iou", META).restore_latest(state_at(0),
-                                                                             iterator)
+  checkpoints = TrainCheckpoints(str(tmp_path), 3, "iou", META)
+  restored = checkpoints.restore_latest(state_at(0), iterator)
   assert int(restored.step) == 1 and iterator.position == 10
   assert "checkpoint at step 2 is unreadable" in caplog.text
+  assert (tmp_path / "unreadable_checkpoints" / "2" / "state").is_dir()
+  checkpoints.save(state_at(2), FakeIterator(20))  # the run reaches step 2 again
+  checkpoints.wait()
+  checkpoints.close()
+  again = TrainCheckpoints(str(tmp_path), 3, "iou", META)
+  assert int(again.restore_latest(state_at(0), FakeIterator()).step) == 2
+  again.close()
+  assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_step_that_does_not_read_back_is_set_aside_at_the_next_save(tmp_path, caplog):
+  checkpoints = TrainCheckpoints(str(tmp_path), 3, "iou", META)
+  checkpoints.save(state_at(1), FakeIterator(10))
+  checkpoints.latest.wait_until_finished()
+  corrupt_step(tmp_path / "checkpoints" / "1")  # torn while the run goes on
+  checkpoints.save(state_at(2), FakeIterator(20))
+  checkpoints.wait()
+  checkpoints.close()
+  assert "checkpoint at step 1 does not read back" in caplog.text
+  assert (tmp_path / "unreadable_checkpoints" / "1" / "state").is_dir()
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [2]
+
+
+def test_evaluation_skips_an_unreadable_step_and_names_the_folder_when_none_reads(
+    tmp_path, caplog, capfd):
+  saved(tmp_path, [1, 2]).close()
+  corrupt_step(tmp_path / "checkpoints" / "2")
+  trainable, _ = restore_trainable(str(tmp_path))
+  assert float(trainable["adapters"]["w"][0]) == 1.0
+  assert (tmp_path / "checkpoints" / "2").is_dir()  # evaluation moves nothing
+  corrupt_step(tmp_path / "checkpoints" / "1")
+  with pytest.raises(SptUserError, match=r"checkpoints: no readable checkpoint \(step 2: "):
+    restore_trainable(str(tmp_path))
+  assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_different_base_is_refused(tmp_path):

@@ -8,7 +8,7 @@ from flax.traverse_util import flatten_dict
 import numpy as np
 import pytest
 
-from meta_reference import build_meta_sam, randomize_, save_state_dict, torch
+from meta_reference import build_meta_sam, randomize_, torch
 from small_models import SMALL_SPEC
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import PRESETS, sam_preset
@@ -123,13 +123,18 @@ def test_pickle_with_code_is_refused_not_executed(tmp_path, capsys, monkeypatch)
   checkpoint = tmp_path / "evil.pth"
   torch.save({"image_encoder.x": _RunsCode()}, checkpoint)
   code, err = run_convert(capsys, checkpoint, tmp_path / "out")
-  assert code == 2 and "refused to unpickle" in err
+  assert code == 2 and "refused to unpickle" in err and "\x1b[" not in err
   assert not (tmp_path / "should_never_exist").exists()
 
 
 def test_missing_file_and_model_type_mismatch(tmp_path, capsys, small_state):
   code, err = run_convert(capsys, tmp_path / "nope.pth", tmp_path / "out")
   assert code == 2 and "checkpoint file not found" in err
+  code, err = run_convert(capsys, tmp_path, tmp_path / "out")
+  assert code == 2 and "is a directory, expected a checkpoint file" in err
+  (tmp_path / "empty.pth").write_bytes(b"")
+  code, err = run_convert(capsys, tmp_path / "empty.pth", tmp_path / "out")
+  assert code == 2 and "the checkpoint file is empty (0 bytes)" in err
   torch.save(small_state, tmp_path / "sam.pth")
   code, err = run_convert(capsys, tmp_path / "sam.pth", tmp_path / "out", "--model-type", "vit_b")
   assert code == 2 and "does not hold a vit_b model" in err and "encoder.embed_dim" in err

@@ -11,8 +11,9 @@ downloaded) and writes `array_record` files under data_dir/<name>/[<config>/]<ve
   spt_archive  <root>/<dataset>/test/<name>.jpg and <name>.png (the SPT authors' archive)
   folder       <root>/<images>/*, <root>/<masks>/<rule> (options: FolderConfig fields)
 
-`build(name, manual_dir, data_dir)` builds once (later calls find the built files) and
-reports the files skipped under on_bad_input="skip"; `load(name, data_dir)` opens a
+`build(name, manual_dir, data_dir)` builds once (later calls find the built files, and
+build again when the tree or the options changed: `base.ManualDirBuilder.stale_reason`)
+and reports the files skipped under on_bad_input="skip"; `load(name, data_dir)` opens a
 built dataset. The synthetic set (spt_jax.data.synthetic) uses the mvtec_ad builder.
 """
 
@@ -75,17 +76,23 @@ def build(name: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike 
     data_dir: where the TFDS files go (None: TFDS's default, ~/tensorflow_datasets).
     on_bad_input: "error" (raise on the first bad file) or "skip" (skip, count, report).
     folder: FolderConfig fields, for name "folder".
-    overwrite: rebuild even if built (e.g. after changing the tree or on_bad_input).
+    overwrite: rebuild even if built. Without it, a build whose recorded source (the
+      tree's files, on_bad_input, options, builder version) differs is rebuilt too.
   Returns:
     The prepared builder; `builder.as_data_source(split)` reads it.
   """
   builder = _make(name, data_dir, on_bad_input, folder)
-  if builder.is_prepared() and not overwrite:
-    logging.info("%s: using the dataset built in %s", builder.name, builder.data_dir)
-    return builder
   root = pathlib.Path(manual_dir).expanduser()
   if not root.is_dir() or not base.list_dir(root):
     raise builder.wrong_root(root, "manual_dir is missing or empty")
+  if builder.is_prepared() and not overwrite:
+    stale = builder.stale_reason(root)
+    if stale is None:
+      logging.info("%s: using the dataset built in %s", builder.name, builder.data_dir)
+      return builder
+    logging.warning("%s: rebuilding %s from %s: %s", builder.name, builder.data_dir, root,
+                    stale)
+    overwrite = True
   logging.info("%s: building from %s into %s", builder.name, root, builder.data_dir)
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)

@@ -20,14 +20,19 @@ TFDS preserves because shuffling at write time is off (grain shuffles at read ti
 
 Beside the records, the dataset's metadata.json holds, per split, the per-record index
 `{category, defect_type, label, mask_pixels, original_size}` lists (so the pipeline can
-select categories and leave out normal images without reading the records) and
-`skipped`: the files skipped under on_bad_input="skip", with reasons.
+select categories and leave out normal images without reading the records),
+`skipped`: the files skipped under on_bad_input="skip", with reasons, and `source`
+(`source_record`): the tree it was built from (its path and a fingerprint of every
+file's name, size and modification time), the bad-input policy, the builder's options
+and version. A build whose record differs from the current one is stale.
 """
 
 import dataclasses
+import hashlib
 import inspect
 import os
 import pathlib
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -64,6 +69,31 @@ def list_dir(path: pathlib.Path) -> list[str]:
   if not path.is_dir():
     return []
   return sorted(n for n in os.listdir(path) if not n.startswith("."))
+
+
+def _options(config) -> dict[str, Any]:
+  """The fields a builder's config adds to TFDS's BuilderConfig (none without one)."""
+  if config is None:
+    return {}
+  inherited = {field.name for field in dataclasses.fields(tfds.core.BuilderConfig)}
+  return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+          if field.name not in inherited}
+
+
+def tree_fingerprint(root: pathlib.Path, skip: str = "") -> str:
+  """sha256 over every file under root (but not under `skip`, e.g. the built data
+  itself): relative path, size, modification time (ns)."""
+  digest = hashlib.sha256()
+  skip = os.path.abspath(skip) if skip else ""
+  for directory, subdirectories, files in os.walk(root):
+    subdirectories[:] = sorted(name for name in subdirectories
+                               if os.path.abspath(os.path.join(directory, name)) != skip)
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      stat = os.stat(path)
+      digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+                    .encode())
+  return digest.hexdigest()
 
 
 def image_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -152,9 +182,33 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
     raise NotImplementedError
 
+  def source_record(self, root: pathlib.Path) -> dict[str, Any]:
+    """What decides this build's content (module docstring), for the tree at root."""
+    return {"manual_dir": os.path.abspath(root),
+            "files": tree_fingerprint(root, skip=os.fspath(self.data_dir_root)),
+            "on_bad_input": self.on_bad_input, "version": str(self.VERSION),
+            "options": _options(self.builder_config)}
+
+  def stale_reason(self, root: pathlib.Path) -> str | None:
+    """Why the prepared build does not reflect root and the options (None if it does)."""
+    built = self.info.metadata.get("source")
+    if built is None:
+      return "the build records no source (built by an earlier version)"
+    current = self.source_record(root)
+    changed = [key for key in current if built.get(key) != current[key]]
+    if not changed:
+      return None
+    names = {"manual_dir": f"manual_dir was {built.get('manual_dir')}",
+             "files": "files were added, removed or changed",
+             "on_bad_input": f"on_bad_input was {built.get('on_bad_input')!r}",
+             "version": f"builder version was {built.get('version')}",
+             "options": "the builder options differ"}
+    return "; ".join(names[key] for key in changed)
+
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
     splits = self.list_examples(root)
+    self.info.metadata["source"] = self.source_record(root)
     self.info.metadata["skipped"] = {}
     return {split: self._generate_examples(root, split, examples)
             for split, examples in splits.items()}
