@@ -17,7 +17,7 @@ from configs import CONFIG_DIR
 from spt_jax.predictor import SptPredictor
 from spt_jax.train.checkpoints import restore_trainable
 from spt_jax.train.model_setup import TINY_SPEC
-from weights_conversion import export_spt
+from weights_conversion import convert_sam, export_spt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(CONFIG_DIR, "default.py")
@@ -111,7 +111,7 @@ def test_trained_workdir_is_a_model_that_exports(trained_workdir, tmp_path):
   assert predictor.model.adapters.lora_alpha == predictor.model.adapters.lora_rank
   image, box = make_test_image(180, 240, seed=3), np.array([30, 40, 200, 150])
   predictor.set_image(image)
-  _, _, final, draft = predictor.predict(box=box, return_draft=True)
+  masks, _, final, draft = predictor.predict(box=box, return_draft=True)
   exported = str(tmp_path / "spt.pth")
   assert export_spt.main(["--checkpoint", str(workdir), "--output", exported,
                           "--allow-nonstandard"]) == 0
@@ -119,6 +119,14 @@ def test_trained_workdir_is_a_model_that_exports(trained_workdir, tmp_path):
   _, _, ref_final, ref_draft = theirs.predict(box=box)
   for ours, reference in ((draft, ref_draft), (final, ref_final)):
     assert np.abs(np.asarray(ours) - reference).max() <= 1e-3 * np.abs(reference).max()
+  back = str(tmp_path / "back")  # and read back here: the same model
+  assert convert_sam.main(["--checkpoint", exported, "--output", back]) == 0
+  again = SptPredictor.from_pretrained(back, relation_impl="xla")
+  again.set_image(image)
+  masks_again, _, final_again, draft_again = again.predict(box=box, return_draft=True)
+  np.testing.assert_array_equal(masks_again, masks)
+  np.testing.assert_allclose(final_again, final, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(draft_again, draft, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

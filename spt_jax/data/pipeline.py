@@ -279,7 +279,7 @@ def prepare_dataset(config: DataConfig) -> tuple[DataConfig, Any]:
   else:
     builder = builders.build(config.dataset, config.manual_dir, config.data_dir,
                              on_bad_input=config.on_bad_input, folder=folder,
-                             overwrite=config.rebuild)
+                             overwrite=config.rebuild, splits=(config.split,))
   return config, builder
 
 

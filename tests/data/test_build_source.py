@@ -3,10 +3,12 @@ with the same data_dir is built again; the same tree and options reuse the build
 
 import os
 
+import pytest
 import tensorflow_datasets as tfds
 
 import fake_trees
 from spt_jax.data import builders
+from spt_jax.errors import SptUserError
 
 tfds.disable_progress_bar()
 
@@ -53,3 +55,27 @@ def test_the_data_dir_inside_the_tree_is_not_part_of_the_source(tmp_path, caplog
   build(tmp_path / "raw", tmp_path / "raw" / "tfds")
   assert "rebuilding" not in caplog.text
   assert os.path.isdir(tmp_path / "raw" / "tfds")
+
+
+def test_only_the_needed_split_is_read(tmp_path, caplog):
+  fake_trees.write_mvtec(tmp_path / "raw")
+  bad = tmp_path / "raw" / "bottle" / "train" / "good" / "001.png"
+  bad.write_bytes(b"")  # a bad training image does not stop the evaluation data
+  test_only = build(tmp_path / "raw", tmp_path / "tfds", splits=("test",))
+  assert set(test_only.info.splits) == {"test"}
+  with pytest.raises(SptUserError, match="001.png: the image file is empty"):
+    build(tmp_path / "raw", tmp_path / "tfds", splits=("train",))
+  assert "split(s) train not built" in caplog.text
+
+
+def test_a_split_needed_later_builds_both(tmp_path):
+  fake_trees.write_mvtec(tmp_path / "raw")
+  build(tmp_path / "raw", tmp_path / "tfds", splits=("test",))
+  both = build(tmp_path / "raw", tmp_path / "tfds", splits=("train",))
+  assert set(both.info.splits) == {"train", "test"}
+  assert categories(both, "train") == ["bottle", "grid"]
+  info = os.path.join(both.data_dir, "dataset_info.json")
+  written = os.stat(info).st_mtime_ns
+  again = build(tmp_path / "raw", tmp_path / "tfds", splits=("test",))
+  assert set(again.info.splits) == {"train", "test"}
+  assert os.stat(info).st_mtime_ns == written  # found, not built again

@@ -41,7 +41,7 @@ BUILDERS: dict[str, type[base.ManualDirBuilder]] = {
 
 
 def _make(name: str, data_dir: str | os.PathLike | None, on_bad_input: str,
-          folder: Mapping[str, Any] | None) -> base.ManualDirBuilder:
+          folder: Mapping[str, Any] | None, splits=None) -> base.ManualDirBuilder:
   if name not in BUILDERS:
     raise SptUserError(f"dataset {name!r}: expected one of {sorted(BUILDERS)}")
   config = None
@@ -57,7 +57,7 @@ def _make(name: str, data_dir: str | os.PathLike | None, on_bad_input: str,
   if data_dir is not None:
     data_dir = os.path.expanduser(os.fspath(data_dir))
   return BUILDERS[name](data_dir=data_dir, config=config, file_format="array_record",
-                        on_bad_input=on_bad_input)
+                        on_bad_input=on_bad_input, splits=splits)
 
 
 def skipped_files(builder: base.ManualDirBuilder) -> dict[str, list[list[str]]]:
@@ -67,7 +67,7 @@ def skipped_files(builder: base.ManualDirBuilder) -> dict[str, list[list[str]]]:
 
 def build(name: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
           on_bad_input: str = "error", folder: Mapping[str, Any] | None = None,
-          overwrite: bool = False) -> base.ManualDirBuilder:
+          overwrite: bool = False, splits=None) -> base.ManualDirBuilder:
   """Builds dataset `name` from manual_dir into data_dir, or finds it already built.
 
   Args:
@@ -78,15 +78,22 @@ def build(name: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike 
     folder: FolderConfig fields, for name "folder".
     overwrite: rebuild even if built. Without it, a build whose recorded source (the
       tree's files, on_bad_input, options, builder version) differs is rebuilt too.
+    splits: the splits needed (None: all of the tree's). Only these are read, so a bad
+      file of another split does not stop them; a later call that needs more builds
+      again with both.
   Returns:
     The prepared builder; `builder.as_data_source(split)` reads it.
   """
-  builder = _make(name, data_dir, on_bad_input, folder)
+  builder = _make(name, data_dir, on_bad_input, folder, splits)
   root = pathlib.Path(manual_dir).expanduser()
   if not root.is_dir() or not base.list_dir(root):
     raise builder.wrong_root(root, "manual_dir is missing or empty")
   if builder.is_prepared() and not overwrite:
-    stale = builder.stale_reason(root)
+    stale, missing = builder.stale_reason(root), builder.missing_splits()
+    if missing:
+      stale = "; ".join(filter(None, [stale, f"split(s) {', '.join(missing)} not built"]))
+      wider = None if splits is None else set(splits) | set(builder.built_splits())
+      builder = _make(name, data_dir, on_bad_input, folder, wider)
     if stale is None:
       logging.info("%s: using the dataset built in %s", builder.name, builder.data_dir)
       return builder

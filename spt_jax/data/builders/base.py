@@ -144,9 +144,11 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
     return epath.Path(inspect.getfile(cls))
 
-  def __init__(self, *, on_bad_input: str = "error", **kwargs):
-    """on_bad_input: "error" or "skip" (spt_jax.data.bad_input); kwargs go to TFDS."""
+  def __init__(self, *, on_bad_input: str = "error", splits=None, **kwargs):
+    """on_bad_input: "error" or "skip" (spt_jax.data.bad_input); splits: the splits to
+    build (None: every split of the tree); kwargs go to TFDS."""
     self.on_bad_input = bad_input.check_policy(on_bad_input)
+    self.splits = None if splits is None else tuple(sorted(splits))
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -205,10 +207,26 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
              "options": "the builder options differ"}
     return "; ".join(names[key] for key in changed)
 
+  def built_splits(self) -> tuple[str, ...] | None:
+    """The splits the prepared build was asked for (None: all of the tree's)."""
+    built = (self.info.metadata.get("source") or {}).get("splits")
+    return None if built is None else tuple(built)
+
+  def missing_splits(self) -> tuple[str, ...]:
+    """Splits asked for (all when `splits` is None) that the prepared build lacks."""
+    built = self.built_splits()
+    if built is None:
+      return ()
+    return ("(all)",) if self.splits is None else tuple(
+        split for split in self.splits if split not in built)
+
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
     splits = self.list_examples(root)
-    self.info.metadata["source"] = self.source_record(root)
+    if self.splits is not None:  # only these: a bad file elsewhere does not stop them
+      splits = {split: examples for split, examples in splits.items()
+                if split in self.splits}
+    self.info.metadata["source"] = dict(self.source_record(root), splits=self.splits)
     self.info.metadata["skipped"] = {}
     return {split: self._generate_examples(root, split, examples)
             for split, examples in splits.items()}
