@@ -90,6 +90,19 @@ def test_predict_mode_writes_masks(trained_workdir, main_job, tmp_path):
     mask = np.asarray(Image.open(tmp_path / "out" / name))
     assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
   assert (tmp_path / "out" / "a_overlay.png").exists()
+  table = json.loads((tmp_path / "out" / "predictions.json").read_text())
+  assert [row["mask"] for row in table["a.png"]] == ["a_prompt0.png", "a_prompt1.png"]
+  assert all(isinstance(row["predicted_iou"], float) for row in table["b.jpg"])
+  assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 4
+  prompts["a.png"]["boxes"].append([80, 110, 20, 15])  # inverted
+  (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+  failed = main_job(workdir, f"--config={DEFAULT}:quick", "--mode=predict",
+                    f"--config.predict.images_dir={images}",
+                    f"--config.predict.prompts_file={tmp_path / 'prompts.json'}",
+                    f"--config.predict.output_dir={tmp_path / 'out'}", expect_code=2)
+  assert "a.png (90x120): box 2 [80.0, 110.0, 20.0, 15.0] is inverted" in failed.stderr
+  assert "Traceback" not in failed.stderr
+  assert (tmp_path / "out" / "a_prompt1.png").exists()  # nothing of the first run lost
 
 
 TRAIN_ONLY = [f"--config={DEFAULT}:quick", "--mode=train", *SMALL_DATA,

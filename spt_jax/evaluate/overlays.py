@@ -77,7 +77,8 @@ def step_colour(step: str, index: int) -> tuple[int, int, int]:
 def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
                    gt: Optional[np.ndarray] = None, *, box: Optional[np.ndarray] = None,
                    points: Optional[np.ndarray] = None,
-                   point_labels: Optional[np.ndarray] = None) -> np.ndarray:
+                   point_labels: Optional[np.ndarray] = None,
+                   prompt_per_panel: bool = False) -> np.ndarray:
   """The overlay as a (T + H, P * W, 3) uint8 array (P panels, T = `title_height`).
 
   Args:
@@ -88,6 +89,9 @@ def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
     box: (4,) or (..., 4) xyxy boxes in image pixels.
     points: (..., 2) xy points in image pixels, with point_labels (...): 1 positive,
       0 negative, -1 padding.
+    prompt_per_panel: the prompts' leading axis runs over the predictions (one prompt
+      each, e.g. one mask per box): each prediction's panel shows its own prompt, the
+      image panel all of them. Else every panel shows every prompt.
   """
   image = np.asarray(image)
   predictions = {step: np.asarray(mask, bool) for step, mask in predictions.items()}
@@ -97,36 +101,44 @@ def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
   point_labels = None if point_labels is None else np.asarray(point_labels)
   _check(image, {"gt": gt, **{f"predictions[{s!r}]": m for s, m in predictions.items()}},
          boxes, points, point_labels)
+  if prompt_per_panel:
+    for name, prompts in (("box", boxes), ("points", points)):
+      if prompts is not None and len(prompts) != len(predictions):
+        raise SptUserError(f"{name}: expected one prompt per prediction "
+                           f"({len(predictions)}), got {len(prompts)}")
   height, width = image.shape[:2]
   thickness = line_thickness(height, width)
 
-  panels = [("image", image.copy())]
+  every = slice(None)  # the prompts a panel shows
+  panels = [("image", image.copy(), every)]
   if gt is not None:
     gt_panel = image.copy()
     gt_panel[contour(gt, thickness)] = GT_COLOUR
-    panels.append(("ground truth", gt_panel))
+    panels.append(("ground truth", gt_panel, every))
   for index, (step, mask) in enumerate(predictions.items()):
     colour = step_colour(step, index)
     panel = image.copy()
     _paint(panel, mask, colour, MASK_ALPHA)
     panel[contour(mask, thickness)] = colour
-    panels.append((step if gt is None else f"{step} IoU {iou_np(mask, gt):.2f}", panel))
+    panels.append((step if gt is None else f"{step} IoU {iou_np(mask, gt):.2f}", panel,
+                   slice(index, index + 1) if prompt_per_panel else every))
 
   strip = title_height(height, width)
   canvas = Image.new("RGB", (len(panels) * width, strip + height), TITLE_BACKGROUND)
-  for i, (_, panel) in enumerate(panels):
+  for i, (_, panel, _) in enumerate(panels):
     canvas.paste(Image.fromarray(panel), (i * width, strip))
   draw = ImageDraw.Draw(canvas)
   font = ImageFont.load_default(size=max(10, strip - 4))
   radius = max(3, min(height, width) // 100)
-  for i, (title, _) in enumerate(panels):
+  for i, (title, _, shown) in enumerate(panels):
     x0 = i * width
     draw.text((x0 + 4, strip // 2), title, fill="white", font=font, anchor="lm")
-    for x1, y1, x2, y2 in ([] if boxes is None else boxes.reshape(-1, 4)):
+    for x1, y1, x2, y2 in ([] if boxes is None else boxes[shown].reshape(-1, 4)):
       draw.rectangle([x0 + x1, strip + y1, x0 + x2, strip + y2], outline=BOX_COLOUR,
                      width=thickness)
     if points is not None:
-      for (x, y), label in zip(points.reshape(-1, 2), point_labels.reshape(-1)):
+      for (x, y), label in zip(points[shown].reshape(-1, 2),
+                               point_labels[shown].reshape(-1)):
         if label >= 0:
           draw.ellipse([x0 + x - radius, strip + y - radius, x0 + x + radius,
                         strip + y + radius], fill=POSITIVE_COLOUR if label else NEGATIVE_COLOUR,

@@ -98,3 +98,19 @@ def test_bad_inputs_name_the_argument():
     overlays.render_overlay(image.astype(np.float32), {"final": mask}, mask)
   with pytest.raises(SptUserError, match="point_labels"):
     overlays.render_overlay(image, {"final": mask}, mask, points=[[1, 2]])
+
+
+def test_one_prompt_per_panel():
+  image = np.full((H, W, 3), GREY, np.uint8)
+  masks = {"prompt 0": square((10, 30), (10, 30)), "prompt 1": square((70, 100), (90, 130))}
+  boxes = np.array([[8, 8, 31, 31], [88, 68, 131, 101]], np.float32)
+  overlay = overlays.render_overlay(image, masks, box=boxes, prompt_per_panel=True)
+  first, second = panel(overlay, 1), panel(overlay, 2)
+  assert tuple(first[8, 20]) == overlays.BOX_COLOUR       # its own box's top edge
+  assert tuple(first[68, 110]) == (GREY,) * 3             # not the other prompt's
+  assert tuple(second[68, 110]) == overlays.BOX_COLOUR
+  assert tuple(second[8, 20]) == (GREY,) * 3
+  for y, x in [(8, 20), (68, 110)]:                       # the image panel shows both
+    assert tuple(panel(overlay, 0)[y, x]) == overlays.BOX_COLOUR
+  with pytest.raises(SptUserError, match="box: expected one prompt per prediction"):
+    overlays.render_overlay(image, masks, box=boxes[:1], prompt_per_panel=True)
