@@ -102,9 +102,11 @@ def run(config, workdir: str, mode: str) -> None:
   if evaluator is not None:
     results = evaluator.run(variables, write_reports=True)
     if zero_shot is not None and jax.process_index() == 0:
-      print("\nzero-shot SAM vs " + config.method + ":", flush=True)
-      print(reports.comparison_table({"zero-shot SAM": zero_shot, config.method: results}),
-            flush=True)
+      title = f"zero-shot SAM vs {config.method}"
+      table = reports.comparison_table({"zero-shot SAM": zero_shot, config.method: results})
+      print(f"\n{title}:\n{table}", flush=True)
+      with open(os.path.join(workdir, "results.md"), "a") as f:
+        f.write(f"\n# {title[0].upper() + title[1:]}\n\n{table}")
   if mode == "predict":
     predict_folder(config, setup.model, variables,
                    config.predict.output_dir or os.path.join(workdir, "predictions"))

@@ -116,6 +116,8 @@ def main(argv) -> None:
   except Preempted as stopped:
     print(str(stopped), file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
+  if parallel.is_main_process():
+    print(f"done; outputs in the workdir: {workdir}", flush=True)
 
 
 if __name__ == "__main__":

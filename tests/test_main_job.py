@@ -47,7 +47,8 @@ def main_job(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, main_job):
   workdir = tmp_path_factory.mktemp("job")
-  result = main_job(workdir, f"--config={DEFAULT}:quick", *SMALL_DATA)
+  result = main_job(workdir, f"--config={DEFAULT}:quick", *SMALL_DATA,
+                    "--config.eval.zero_shot_first=true")
   return workdir, result.stdout
 
 
@@ -62,7 +63,10 @@ def test_train_and_eval_writes_results_within_range(trained_workdir):
     for metric in ("iou", "boundary_iou", "dice", "auroc", "aupro"):
       assert 0.0 <= row[metric] <= 1.0, (step, metric, row)
   assert (workdir / "results.csv").read_text().count("\n") == box["num_images"] + 1
-  assert "| **all images** |" in (workdir / "results.md").read_text()
+  report = (workdir / "results.md").read_text()
+  assert "| **all images** |" in report
+  assert "# Zero-shot SAM vs spt" in report and "| zero-shot SAM |" in report
+  assert stdout.rstrip().endswith(f"done; outputs in the workdir: {workdir}")
   assert len(list((workdir / "overlays").glob("*.png"))) == 2
   assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
   trainable, meta = restore_trainable(str(workdir))
