@@ -13,6 +13,12 @@ class SptUserError(Exception):
   """A user-fixable problem; the message names the file/key/field and what was expected."""
 
 
+def describe(error: BaseException) -> str:
+  """'<type>: <first line of its message>', for one-line reports of a caught error."""
+  lines = str(error).splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 def exit_code(fn, *args, **kwargs) -> int:
   """Runs fn; a SptUserError becomes one 'error: ...' line on stderr and exit code 2."""
   try:

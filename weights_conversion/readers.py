@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from spt_jax.errors import SptUserError
+from spt_jax.errors import SptUserError, describe
 
 StateDict = dict[str, np.ndarray]
 # Wrappers some training scripts put around the state dict.
@@ -57,10 +57,8 @@ def _read_torch_pickle(path: str) -> StateDict:
         f"{path}: refused to unpickle, the file holds objects other than tensors "
         f"(a pickle that carries code is never executed): {first_line}") from None
   except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
-    raise SptUserError(
-        f"{path}: unreadable or truncated PyTorch checkpoint "
-        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-    ) from None
+    raise SptUserError(f"{path}: unreadable or truncated PyTorch checkpoint "
+                       f"({describe(error)})") from None
   state = _unwrap(loaded, path)
   arrays = {}
   for key, value in state.items():

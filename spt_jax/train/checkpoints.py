@@ -26,7 +26,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from spt_jax.errors import SptUserError
+from spt_jax.errors import SptUserError, describe
 
 _ITEMS = ("state", "data", "meta")
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -72,7 +72,7 @@ def _restore_newest(manager, restore: Callable[[int], Any],
     except SptUserError:
       raise
     except Exception as error:  # pylint: disable=broad-except  (any unreadable file)
-      failures.append(f"step {candidate}: {type(error).__name__}: {error}".splitlines()[0])
+      failures.append(f"step {candidate}: {describe(error)}")
       logging.warning("checkpoint at step %d is unreadable (%s); trying the previous one",
                       candidate, failures[-1])
       unreadable.append(candidate)
@@ -101,9 +101,8 @@ class TrainCheckpoints:
     self.best_metric = best_metric
     self.workdir = os.path.abspath(workdir)
     self._unverified = None  # (step, abstract state) of the last save, not yet read back
-    self.latest = _manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                           max_to_keep=keep)
-    self.best = _manager(os.path.join(os.path.abspath(workdir), "best"), max_to_keep=1,
+    self.latest = _manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=keep)
+    self.best = _manager(os.path.join(self.workdir, "best"), max_to_keep=1,
                          best_fn=lambda metrics: metrics[best_metric], best_mode="max")
 
   def _save_args(self, state, iterator):
@@ -131,8 +130,7 @@ class TrainCheckpoints:
         self.latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))
     except Exception as error:  # pylint: disable=broad-except  (any unreadable file)
-      logging.error("checkpoint at step %d does not read back (%s: %s)", step,
-                    type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+      logging.error("checkpoint at step %d does not read back (%s)", step, describe(error))
       self._set_aside(step)
 
   def save_best(self, state, iterator, metrics: dict[str, float]) -> None:
