@@ -17,6 +17,7 @@ import time
 from absl import app
 from absl import flags
 
+from spt_jax import compile_notices
 from spt_jax import config as config_lib
 from spt_jax import host_memory
 from spt_jax import jobs
@@ -62,6 +63,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   set_up_logging()
+  compile_notices.install()
   sys.exit(exit_code(host_memory.keep_freed_memory)  # before JAX starts its backend
            or exit_code(compare, _CONFIG.value, _METHODS.value, _VARIANT.value,
                         _WORKDIR.value))

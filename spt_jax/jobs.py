@@ -13,13 +13,13 @@ from spt_jax import parallel
 from spt_jax.data import builders
 from spt_jax.errors import SptUserError
 from spt_jax.pretrained import load_spec
-from spt_jax.train.model_setup import base_directory, setup_model, spec_for, zero_shot_setup
+from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
 
 
 def model_image_size(config) -> int:
   """Input size of the configured model: its base directory's spec, else model.type."""
   if config.model.base:
-    return load_spec(base_directory(config.model.base))[0].image_size
+    return load_spec(config.model.base)[0].image_size
   return spec_for(config.model.type).image_size
 
 
@@ -91,16 +91,18 @@ def run(config, workdir: str, mode: str) -> None:
                           mesh_spec).run(
         baseline.variables)
   evaluator = Evaluator(config, setup.model, workdir, mesh_spec) if evaluates else None
+  step = None  # the training step the evaluated variables are of, when trained here
   if mode in ("train_and_eval", "train") and config.trainable:
-    variables = train(config, workdir, setup, mesh_spec,
-                      evaluate=evaluator.metrics_at_step if evaluator else None).variables
+    trained = train(config, workdir, setup, mesh_spec,
+                    evaluate=evaluator.metrics_at_step if evaluator else None)
+    variables, step = trained.variables, trained.steps
   elif mode in ("train_and_eval", "train"):
     print(f"method {config.method}: nothing trains", flush=True)
-    variables = setup.variables
+    variables, step = setup.variables, 0
   else:
     variables = _trained_variables(config, workdir, setup)
   if evaluator is not None:
-    results = evaluator.run(variables, write_reports=True)
+    results = evaluator.run(variables, write_reports=True, step=step)
     if zero_shot is not None and jax.process_index() == 0:
       title = f"zero-shot SAM vs {config.method}"
       table = reports.comparison_table({"zero-shot SAM": zero_shot, config.method: results})

@@ -22,6 +22,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from configs import CONFIG_DIR
+from spt_jax import compile_notices
 from spt_jax import config as config_lib
 from spt_jax import host_memory
 from spt_jax import parallel
@@ -95,6 +96,8 @@ def _run(config, workdir: str, mode: str) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --flag=value")
+  set_up_logging()
+  compile_notices.install()
   try:
     host_memory.keep_freed_memory()  # before JAX starts its backend
     parallel.maybe_initialize_distributed(
@@ -105,7 +108,6 @@ def main(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_main_process():
     print(f"workdir: {workdir}", flush=True)
-  set_up_logging()
   if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(_COMPILATION_CACHE.value))

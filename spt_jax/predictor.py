@@ -10,10 +10,18 @@
 
 `set_image` compiles once per model (every image is padded to the same square);
 `predict` compiles once per prompt structure (which of points/box/mask are given,
-how many points and prompts, multimask on/off) and is then reused.
+how many points per prompt, multimask on/off) and prompt bucket, and is then reused:
+P prompts are padded (with copies of the last one, whose outputs are dropped) to the
+smallest of `prompt_buckets` that holds them, or run in chunks of the largest, so any
+number of prompts costs at most `len(prompt_buckets)` compilations. The default (1, 8)
+keeps one click or box at its own cost and 2 to 8 prompts in one call.
+
+`multimask_output` defaults to what the model trained: Meta's checkpoints trained all
+four outputs (True, Meta's default); the embedded base only the single mask (its
+`model_spec.json` says `multimask_trained: false`), so it predicts one mask by default.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +31,7 @@ from spt_jax import transforms
 from spt_jax.errors import SptUserError
 from spt_jax.models.prompts import Prompts
 from spt_jax.models.sam import Sam, init_variables, normalize_and_mask
-from spt_jax.pretrained import build_model, load_pretrained
+from spt_jax.pretrained import MULTIMASK_TRAINED, build_model, load_pretrained
 from spt_jax.spt.model import SPT_ADAPTERS, Spt, sam_params_to_spt
 
 
@@ -33,6 +41,27 @@ def _as_array(value, dtype, name, ndim, last=None):
     wanted = f"{ndim} dims" + (f" with last size {last}" if last is not None else "")
     raise SptUserError(f"{name}: expected {wanted}, got shape {array.shape}")
   return array
+
+
+PROMPT_BUCKETS = (1, 8)
+
+
+def prompt_chunks(count: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+  """How `count` prompts run: [(start, stop, padded size)], the smallest bucket that
+  holds them, else chunks of the largest bucket (the last chunk padded)."""
+  size = next((b for b in sorted(buckets) if b >= count), max(buckets))
+  return [(start, min(start + size, count), size) for start in range(0, count, size)]
+
+
+def take_prompts(prompts: Prompts, start: int, stop: int, size: int) -> Prompts:
+  """Prompts start..stop-1 of every image, padded to `size` with copies of the last."""
+  def take(x):
+    if x is None:
+      return None
+    part = x[:, start:stop]
+    pad = np.repeat(part[:, -1:], size - (stop - start), axis=1)
+    return np.concatenate([part, pad], axis=1)
+  return Prompts(*(take(field) for field in prompts))
 
 
 def _batch_of_one(point_coords, point_labels, box, mask_input) -> dict[str, Any]:
@@ -47,8 +76,15 @@ class SamPredictor:
   """Embeds one image once, then predicts masks for any prompts on it."""
   mask_threshold = 0.0
 
-  def __init__(self, model: Sam, variables: dict[str, Any]):
+  def __init__(self, model: Sam, variables: dict[str, Any], multimask_default: bool = True,
+               prompt_buckets: Sequence[int] = PROMPT_BUCKETS):
+    """multimask_default: `multimask_output` when not given; prompt_buckets: the prompt
+    counts compiled for (module docstring)."""
+    if not prompt_buckets or min(prompt_buckets) < 1:
+      raise SptUserError(f"prompt_buckets {tuple(prompt_buckets)}: expected counts >= 1")
     self.model = model
+    self.multimask_default = multimask_default
+    self.prompt_buckets = tuple(sorted(prompt_buckets))
     self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
     self.image_size = model.spec.image_size
     self._embed = jax.jit(lambda v, images, sizes: model.apply(
@@ -57,13 +93,17 @@ class SamPredictor:
     self.reset_image()
 
   @classmethod
-  def from_pretrained(cls, directory: str, dtype=jnp.float32, **model_kwargs):
-    """Predictor for a directory written by `weights_conversion.convert_sam`."""
+  def from_pretrained(cls, directory: str, dtype=jnp.float32,
+                      prompt_buckets: Sequence[int] = PROMPT_BUCKETS, **model_kwargs):
+    """Predictor for a directory written by `weights_conversion.convert_sam`, or
+    'embedded' (the small base shipped in the package)."""
     pretrained = load_pretrained(directory)
     model = build_model(pretrained, dtype=dtype, **model_kwargs)
     if isinstance(model, Spt):
       raise SptUserError(f"{directory} holds an SPT model: use SptPredictor")
-    return cls(model, pretrained.variables)
+    return cls(model, pretrained.variables,
+               multimask_default=pretrained.metadata.get(MULTIMASK_TRAINED, True),
+               prompt_buckets=prompt_buckets)
 
   def _decode_fn(self, variables, embeddings, prompts, multimask_output):
     """-> (logits (1, P, M, l, l), iou (1, P, M), extra outputs)."""
@@ -105,14 +145,14 @@ class SamPredictor:
   def predict(self, point_coords: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
               box: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
-              multimask_output: bool = True, return_logits: bool = False):
+              multimask_output: Optional[bool] = None, return_logits: bool = False):
     """Meta's `SamPredictor.predict` for one prompt.
 
     Args:
       point_coords: (N, 2) xy in original image pixels; point_labels: (N,) 1/0.
       box: (4,) xyxy in original pixels.
       mask_input: (1, 256, 256) low-res logits from a previous prediction.
-      multimask_output: 3 masks instead of 1.
+      multimask_output: 3 masks instead of 1 (default: `multimask_default`).
       return_logits: masks as logits instead of booleans.
 
     Returns:
@@ -158,7 +198,7 @@ class SamPredictor:
     return prompts
 
   def predict_batch(self, point_coords=None, point_labels=None, boxes=None,
-                    mask_input=None, multimask_output: bool = True,
+                    mask_input=None, multimask_output: Optional[bool] = None,
                     return_logits: bool = False):
     """P prompts on the current image in one call (Meta's `predict_torch` contract).
 
@@ -177,8 +217,9 @@ class SamPredictor:
   def _predict_with_extras(self, point_coords, point_labels, boxes, mask_input,
                            multimask_output, return_logits):
     prompts = self.prepare_prompts(point_coords, point_labels, boxes, mask_input)
-    logits, iou, extras = self._decode(self.variables, self.features, prompts,
-                                       bool(multimask_output))
+    if multimask_output is None:
+      multimask_output = self.multimask_default
+    logits, iou, extras = self._decode_in_buckets(prompts, bool(multimask_output))
     low_res = np.asarray(logits[0])
     masks = transforms.postprocess_masks(low_res, self.image_size, self.input_size,
                                          self.original_size)
@@ -186,6 +227,16 @@ class SamPredictor:
       masks = masks > self.mask_threshold
     extras = {name: np.asarray(value[0]) for name, value in extras.items()}
     return masks, np.asarray(iou[0]), low_res, extras
+
+  def _decode_in_buckets(self, prompts: Prompts, multimask_output: bool):
+    """`_decode` over the prompt chunks (module docstring); outputs (1, P, ...)."""
+    parts = []
+    for start, stop, size in prompt_chunks(prompts.batch_shape()[1], self.prompt_buckets):
+      outputs = self._decode(self.variables, self.features,
+                             take_prompts(prompts, start, stop, size), multimask_output)
+      parts.append(jax.tree_util.tree_map(lambda x, n=stop - start: np.asarray(x)[:, :n],
+                                          outputs))
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *parts)
 
 
 class SptPredictor(SamPredictor):
@@ -197,16 +248,18 @@ class SptPredictor(SamPredictor):
   """
 
   @classmethod
-  def from_pretrained(cls, directory: str, dtype=jnp.float32, **model_kwargs):
-    """An SPT directory, or a plain SAM one with fresh adapters (zero-shot SPT = SAM)."""
+  def from_pretrained(cls, directory: str, dtype=jnp.float32,
+                      prompt_buckets: Sequence[int] = PROMPT_BUCKETS, **model_kwargs):
+    """An SPT directory, a training workdir, or a plain SAM one (or 'embedded') with
+    fresh adapters (zero-shot SPT = SAM)."""
     pretrained = load_pretrained(directory)
     model = build_model(pretrained, dtype=dtype, **model_kwargs)
     if isinstance(model, Spt):
-      return cls(model, pretrained.variables)
+      return cls(model, pretrained.variables, prompt_buckets=prompt_buckets)
     model = Spt(pretrained.spec, SPT_ADAPTERS, dtype=dtype, **model_kwargs)
-    fresh = init_variables(model, jax.random.PRNGKey(0))
+    fresh = init_variables(model, jax.random.PRNGKey(0), collections=("adapters",))
     params = sam_params_to_spt(pretrained.variables["params"], model.sdt_steps)
-    return cls(model, {"params": params, "adapters": fresh["adapters"]})
+    return cls(model, {"params": params, **fresh}, prompt_buckets=prompt_buckets)
 
   def _decode_fn(self, variables, embeddings, prompts, multimask_output):
     output = self.model.apply(variables, embeddings, prompts, multimask_output,

@@ -26,6 +26,19 @@ from spt_jax.spt.model import Spt
 SPEC_FILE = "model_spec.json"
 VARIABLES_DIR = "variables"
 FORMAT = "spt_jax.pretrained/1"
+# Metadata key: False where only SAM's single-mask output was trained (the embedded
+# base), so the predictors default to it; Meta's checkpoints train all four outputs.
+MULTIMASK_TRAINED = "multimask_trained"
+# The name 'embedded' stands for the small SAM shipped in the package
+# (spt_jax/assets/tiny_sam/RECIPE.md says how it was made).
+EMBEDDED = "embedded"
+EMBEDDED_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                             "tiny_sam")
+
+
+def model_directory(name: str) -> str:
+  """The directory a model name stands for: 'embedded' is EMBEDDED_BASE."""
+  return EMBEDDED_BASE if name == EMBEDDED else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +70,7 @@ def save_pretrained(directory: str, spec: SamSpec, variables: dict[str, Any],
 
 def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
   """The model spec of a converted model directory (without loading the weights)."""
+  directory = model_directory(directory)
   spec_path = os.path.join(directory, SPEC_FILE)
   if not os.path.isfile(spec_path):
     raise SptUserError(f"{directory}: not a model directory (no {SPEC_FILE}, no training "
@@ -77,8 +91,9 @@ def load_spec(directory: str) -> tuple[SamSpec, AdapterSpec, dict[str, Any]]:
 
 
 def load_pretrained(directory: str) -> Pretrained:
-  """Spec and variables (numpy arrays) of a directory written by `save_pretrained`, or
-  of a training workdir or checkpoint (`spt_jax.train.trained_model`)."""
+  """Spec and variables (numpy arrays) of a directory written by `save_pretrained`, of
+  a training workdir or checkpoint (`spt_jax.train.trained_model`), or 'embedded'."""
+  directory = model_directory(directory)
   if not os.path.isfile(os.path.join(directory, SPEC_FILE)):
     # pylint: disable-next=g-import-not-at-top  (it builds on this module)
     from spt_jax.train import trained_model

@@ -17,6 +17,7 @@ from configs import CONFIG_DIR
 from spt_jax.predictor import SptPredictor
 from spt_jax.train.checkpoints import restore_trainable
 from spt_jax.train.model_setup import TINY_SPEC
+from tensorboard_events import summary_tags
 from weights_conversion import convert_sam, export_spt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +69,13 @@ def test_train_and_eval_writes_results_within_range(trained_workdir):
   assert "# Zero-shot SAM vs spt" in report and "| zero-shot SAM |" in report
   assert stdout.rstrip().endswith(f"done; outputs in the workdir: {workdir}")
   assert len(list((workdir / "overlays").glob("*.png"))) == 2
-  assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+  assert {"loss", "learning_rate"} <= summary_tags(workdir / "tensorboard" / "train")[
+      "scalars"]
+  evaluated = summary_tags(workdir / "tensorboard" / "eval")
+  assert {"final_iou", "draft_iou", "synthetic/box/final_boundary_iou"} <= evaluated["scalars"]
+  assert len(evaluated["images"]) == 2 and all(
+      tag.startswith("overlays/") for tag in evaluated["images"])
+  assert "\r" not in stdout and "ETA" in stdout  # progress lines, not a redrawn line
   trainable, meta = restore_trainable(str(workdir))
   assert set(trainable["adapters"]) == {"image_encoder", "decoders"}
   assert meta["base"]["sha256"]

@@ -1,4 +1,5 @@
-"""SamPredictor behaviour that needs no reference: compilation reuse, input checking."""
+"""SamPredictor behaviour that needs no reference: compilation reuse, prompt buckets,
+input checking."""
 
 import jax
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from small_models import TINY_SPEC
 from spt_jax.errors import SptUserError
 from spt_jax.models.sam import Sam, init_variables
-from spt_jax.predictor import SamPredictor
+from spt_jax.predictor import PROMPT_BUCKETS, SamPredictor, prompt_chunks
 from spt_jax.pretrained import load_pretrained, save_pretrained
 
 
@@ -99,3 +100,35 @@ def test_load_pretrained_errors(tmp_path):
   (tmp_path / "model_spec.json").write_text("{broken")
   with pytest.raises(SptUserError, match="not valid JSON"):
     load_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("count,chunks", [
+    (1, [(0, 1, 1)]), (2, [(0, 2, 8)]), (8, [(0, 8, 8)]),
+    (9, [(0, 8, 8), (8, 9, 8)]), (20, [(0, 8, 8), (8, 16, 8), (16, 20, 8)])])
+def test_prompt_counts_map_to_the_buckets(count, chunks):
+  assert prompt_chunks(count, PROMPT_BUCKETS) == chunks
+
+
+def test_any_prompt_count_compiles_once_per_bucket_and_keeps_each_prompts_mask():
+  model = Sam(TINY_SPEC)
+  predictor = SamPredictor(model, init_variables(model, jax.random.PRNGKey(0)),
+                           prompt_buckets=(1, 4))
+  predictor.set_image(image(40, 50))
+  rng = np.random.default_rng(0)
+  corners = rng.uniform(0, 20, (11, 2))
+  boxes = np.concatenate([corners, corners + rng.uniform(5, 20, (11, 2))], axis=1)
+  alone = [predictor.predict(box=box, return_logits=True) for box in boxes]
+  for count in (2, 3, 4, 5, 11):
+    masks, scores, low_res = predictor.predict_batch(boxes=boxes[:count],
+                                                     return_logits=True)
+    assert masks.shape == (count, 3, 40, 50) and scores.shape == (count, 3)
+    for p in range(count):
+      np.testing.assert_allclose(low_res[p], alone[p][2], atol=1e-5)
+      np.testing.assert_allclose(scores[p], alone[p][1], atol=1e-5)
+  assert predictor._decode._cache_size() == 2  # buckets 1 and 4
+
+
+def test_bad_prompt_buckets_are_named():
+  model = Sam(TINY_SPEC)
+  with pytest.raises(SptUserError, match="prompt_buckets"):
+    SamPredictor(model, {}, prompt_buckets=(0, 4))

@@ -13,12 +13,13 @@ import collections
 import dataclasses
 import os
 import pickle
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from spt_jax import model_inputs
 from spt_jax import parallel
@@ -31,7 +32,7 @@ from spt_jax.evaluate import overlays
 from spt_jax.evaluate import reports
 from spt_jax.evaluate.metrics import segmentation_metrics
 from spt_jax.ops.resize import linear_resize_matrix, sam_postprocess_matrix
-from spt_jax.train.metric_writer import MetricWriter
+from spt_jax.train.metric_writer import MetricWriter, ProgressLine
 
 STEP_NAMES = ("draft", "final")
 MASK_METRICS = ("iou", "boundary_iou", "dice")
@@ -160,10 +161,11 @@ class Evaluator:
     """Runs the split: ImageRecords, pixel metrics (per category and pooled), counts."""
     pipeline = make_pipeline(self.data_config)
     dataset, prompt = self.data_config.dataset, self.prompt_label()
-    records = []
+    records, overlay_files = [], []
     accumulators = collections.defaultdict(
         lambda: anomaly_metrics.PixelScoreAccumulator(self.config.eval.score_bins))
     done, total = 0, pipeline.num_local_examples
+    progress = ProgressLine(f"eval {dataset}", total, "images")
     # Overlays come from the main process's share (one writer per file name).
     with_overlay = overlay_indices(num_overlays if parallel.is_main_process() else 0, total)
     for batch in pipeline:
@@ -181,16 +183,17 @@ class Evaluator:
           for s, step in enumerate(self.steps):
             accumulators[category, step].add(probabilities[b, s, 0, :height, :width], truth)
         if done + b in with_overlay:
-          self._save_overlay(batch, b, logits[b, :, 0], done + b)
+          overlay_files.append(self._save_overlay(batch, b, logits[b, :, 0], done + b))
       done += len(batch["image"])
-      print(f"\reval {dataset}: {done}/{total} images", end="", flush=True)
-    print(flush=True)
+      if parallel.is_main_process():
+        progress.update(done)
     records, accumulators = self._gather(records, dict(accumulators))
     return {"records": records,
             "pixel": self._pixel_metrics(accumulators, dataset, prompt),
             "normal_left_out": {(dataset, c): n
                                 for c, n in pipeline.normal_left_out.items()},
-            "skipped": {dataset: pipeline.skipped_at_build}}
+            "skipped": {dataset: pipeline.skipped_at_build},
+            "overlays": overlay_files}
 
   def _gather(self, records, accumulators):
     """All processes' records and accumulators, on the main process (a shared workdir).
@@ -240,32 +243,44 @@ class Evaluator:
         scores={step: {name: float(metrics[name][b, s, p]) for name in MASK_METRICS}
                 for s, step in enumerate(self.steps)})
 
-  def _save_overlay(self, batch, b, logits, index):
-    """Overlay on the model-input image (what the model saw) with every step's mask."""
+  def _save_overlay(self, batch, b, logits, index) -> str:
+    """Overlay on the model-input image (what the model saw) with every step's mask;
+    returns its path."""
     height, width = (int(x) for x in batch["input_size"][b])
     size = self.model.spec.image_size
     masks = transforms.postprocess_masks(logits, size, (height, width), (height, width)) > 0
     prompt = batch["point_labels"][b, 0] if "point_labels" in batch else None
     directory = os.path.join(self.workdir, "overlays")
     os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{index:04d}_{batch['category'][b].decode()}.png")
     overlays.save_overlay(
-        os.path.join(directory, f"{index:04d}_{batch['category'][b].decode()}.png"),
-        batch["image"][b, :height, :width], dict(zip(self.steps, masks)),
+        path, batch["image"][b, :height, :width], dict(zip(self.steps, masks)),
         batch["mask"][b, :height, :width] > 0.5,
         box=batch["boxes"][b, 0] if self.data_config.prompt.box else None,
         points=batch["points"][b, 0] if prompt is not None else None, point_labels=prompt)
+    return path
 
-  def run(self, variables, write_reports: bool = True) -> dict[str, Any]:
-    """Evaluates, writes results.json/csv/md and overlays, prints the table."""
+  def run(self, variables, write_reports: bool = True,
+          step: Optional[int] = None) -> dict[str, Any]:
+    """Evaluates, writes results.json/csv/md and overlays, prints the table; with the
+    training `step` the variables are of, also the means and the overlays to
+    TensorBoard (workdir/tensorboard/eval)."""
     evaluation = self.evaluate(variables, num_overlays=self.config.eval.num_overlays)
     kwargs = dict(pixel=evaluation["pixel"], normal_left_out=evaluation["normal_left_out"],
                   skipped=evaluation["skipped"],
                   config=self.config.to_dict())
-    if write_reports and jax.process_index() == 0:
-      results = reports.write_results(self.workdir, evaluation["records"], **kwargs)
-      reports.print_table(results)
-      return results
-    return reports.summarize(evaluation["records"], **kwargs)
+    if not (write_reports and jax.process_index() == 0):
+      return reports.summarize(evaluation["records"], **kwargs)
+    results = reports.write_results(self.workdir, evaluation["records"], **kwargs)
+    reports.print_table(results)
+    if step is not None:
+      writer = MetricWriter(self.workdir, "eval")
+      writer.write(step, reports.flat_means(results))
+      writer.write_images(step, {f"overlays/{os.path.basename(path)}":
+                                 np.asarray(Image.open(path).convert("RGB"))
+                                 for path in evaluation["overlays"]})
+      writer.close()
+    return results
 
   def metrics_at_step(self, variables, step: int) -> dict[str, float]:
     """For periodic evaluation while training: flat means, also written to TensorBoard."""

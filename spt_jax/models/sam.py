@@ -1,6 +1,6 @@
 """The Segment Anything Model in Flax: encoder once per image, then prompts -> masks."""
 
-from typing import Any
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,9 +104,30 @@ def example_prompts(spec: SamSpec, batch: int = 1) -> Prompts:
                  masks=jnp.zeros((batch, 1, low_res, low_res)))
 
 
-def init_variables(model: Sam, rng: jax.Array) -> dict:
-  """All variables of `model` ({'params': ..., 'adapters': ... if any})."""
+def variables_initializer(model: Sam, collections: Optional[Sequence[str]] = None
+                          ) -> Callable[[jax.Array], dict]:
+  """key -> the variables of `model` (every collection, or only `collections`): the
+  function `init_variables` compiles."""
   size = model.spec.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
-  init = lambda key: model.init({"params": key}, images, method=type(model).touch_all_parameters)
-  return jax.jit(init)(rng)
+
+  def init(key):
+    variables = model.init({"params": key}, images,
+                           method=type(model).touch_all_parameters)
+    if collections is None:
+      return dict(variables)
+    return {name: variables[name] for name in collections if name in variables}
+
+  return init
+
+
+def init_variables(model: Sam, rng: jax.Array,
+                   collections: Optional[Sequence[str]] = None) -> dict:
+  """Variables of `model` ({'params': ..., 'adapters': ... if any}); only `collections`
+  when given (e.g. ('adapters',) for fresh adapters over a loaded base).
+
+  The whole model is traced, but XLA compiles only what the returned collections need:
+  fresh adapters over a converted base cost a small program, not a full-model
+  initialisation (their values are those the full `init` gives).
+  """
+  return jax.jit(variables_initializer(model, collections))(rng)

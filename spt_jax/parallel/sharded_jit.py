@@ -18,6 +18,7 @@ process. Typical use (the whole variables tree is sharded first, then split like
   state, metrics = step(state, frozen, global_batch(local_batch, batch_sh))
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -53,6 +54,7 @@ def sharded_jit(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
                 donate_argnums: Sequence[int] = ()) -> Callable:
   """`jax.jit(fn)` with these shardings and the activation constraints of `rules`."""
 
+  @functools.wraps(fn)  # the program keeps fn's name (compile notices, profiles)
   def constrained(*args):
     with activation_constraints(mesh, rules):
       return fn(*args)

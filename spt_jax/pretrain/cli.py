@@ -25,7 +25,7 @@ from spt_jax.models.sam import Sam
 from spt_jax.pretrain import evaluate as evaluate_lib
 from spt_jax.pretrain import shapes
 from spt_jax.pretrain.train import PretrainSpec, check_output, pretrain
-from spt_jax.pretrained import save_pretrained
+from spt_jax.pretrained import MULTIMASK_TRAINED, save_pretrained
 from spt_jax.train.model_setup import TINY_SPEC
 
 EVALUATION_FILE = "evaluation.json"
@@ -43,6 +43,7 @@ def run(output: str, model_spec: SamSpec, spec: PretrainSpec, eval_examples: int
   variables, summary = pretrain(model_spec, spec, data)
   save_pretrained(output, model_spec, variables, metadata={
       "model": "sam", "source": "spt_jax.pretrain", "pretrain": summary,
+      MULTIMASK_TRAINED: False,  # only the single-mask output trains (RECIPE.md)
       "shapes": dataclasses.asdict(data)})
   print(f"saved to {output}; evaluating", flush=True)
   document = {"command": command, "training": summary,

@@ -84,13 +84,15 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
   writer = MetricWriter(workdir, "train")
   progress = Progress(total_steps, batch_size * jax.process_count())
   metrics: dict[str, float] = {}
+  period = PeriodMeans()
   preemption = PreemptionWatch()
   try:
     for step in range(start + 1, total_steps + 1):
       state, step_metrics = train_step(
           state, frozen, parallel.global_batch(next(iterator), batch_sharding))
+      period.add(step_metrics)
       if step % config.train.log_every_steps == 0 or step in (start + 1, total_steps):
-        metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        metrics = period.means()
         metrics.update(progress.report(step), learning_rate=float(learning_rate(step - 1)))
         writer.write(step, metrics)
         _log_progress(step, total_steps, metrics)
@@ -110,6 +112,25 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
     writer.close()
     checkpoints.close()
   return TrainResult(merge(state.trainable, frozen), total_steps, metrics)
+
+
+class PeriodMeans:
+  """Means of the step metrics since the last `means()` (the logged loss is the period's,
+  not one batch's). Sums stay on the device, so adding does not wait for the step."""
+
+  def __init__(self):
+    self._sums, self._count = None, 0
+
+  def add(self, step_metrics: dict[str, jax.Array]) -> None:
+    self._sums = step_metrics if self._sums is None else jax.tree_util.tree_map(
+        lambda a, b: a + b, self._sums, step_metrics)
+    self._count += 1
+
+  def means(self) -> dict[str, float]:
+    sums = jax.device_get(self._sums)
+    means = {k: float(v) / self._count for k, v in sums.items()}
+    self._sums, self._count = None, 0
+    return means
 
 
 def _log_progress(step, total, metrics):

@@ -7,7 +7,6 @@ which store only what trains.
 
 import dataclasses
 import hashlib
-import os
 from typing import Any
 
 import jax
@@ -18,7 +17,7 @@ from flax import traverse_util
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec, EncoderSpec, SamSpec, sam_preset
 from spt_jax.models.sam import init_variables
-from spt_jax.pretrained import load_pretrained
+from spt_jax.pretrained import load_pretrained, model_directory
 from spt_jax.spt.model import Spt, sam_params_to_spt
 
 # A small SAM-architecture model for laptop runs and tests (256 px, 16x16 tokens).
@@ -29,15 +28,6 @@ TINY_SPEC = SamSpec(
     prompt_embed_dim=128, mask_in_chans=16, decoder_mlp_dim=256, decoder_num_heads=4,
     iou_head_hidden_dim=128)
 
-# config.model.base 'embedded': TINY_SPEC pretrained on generated shapes, shipped in the
-# package (spt_jax/assets/tiny_sam/RECIPE.md says how it was made).
-EMBEDDED_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "assets", "tiny_sam")
-
-
-def base_directory(base: str) -> str:
-  """The directory of config.model.base: 'embedded' is EMBEDDED_BASE."""
-  return EMBEDDED_BASE if base == "embedded" else base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,16 +77,15 @@ def setup_model(config, rng: jax.Array) -> ModelSetup:
     variables = init_variables(model, rng)
     return ModelSetup(model, variables, {"path": "random-init",
                                          "sha256": tree_sha256(variables["params"])})
-  pretrained = load_pretrained(base_directory(base))
+  pretrained = load_pretrained(model_directory(base))
   model = _spt(pretrained.spec, adapters, config.model.sdt_steps, config)
-  fresh = init_variables(model, rng)
   if pretrained.metadata.get("model") == "spt":
     _check_same("adapters", pretrained.adapters, adapters, base)
     _check_same("sdt_steps", pretrained.metadata["sdt_steps"], config.model.sdt_steps, base)
     variables = pretrained.variables
   else:
     params = sam_params_to_spt(pretrained.variables["params"], model.sdt_steps)
-    variables = {"params": params, **{k: v for k, v in fresh.items() if k != "params"}}
+    variables = {"params": params, **init_variables(model, rng, collections=("adapters",))}
   return ModelSetup(model, variables, {"path": base,
                                        "sha256": tree_sha256(variables["params"])})
 

@@ -171,6 +171,15 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=tfds.core.MetadataDict(),
     )
 
+  # TFDS prints two bold lines around every preparation ("Downloading and preparing
+  # dataset Unknown size ...", "... downloaded and prepared"): nothing is downloaded
+  # here, and `builders.build` logs what it builds.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def wrong_root(self, root: pathlib.Path, problem: str) -> SptUserError:
     """The error for a manual_dir that does not hold this benchmark's layout."""
     return SptUserError(
