@@ -18,7 +18,10 @@ Fields:
   trainable          regexes on 'collection/module/.../leaf' paths that train (empty:
                      nothing trains, e.g. zero-shot SAM).
   data.train, data.eval   spt_jax.data.pipeline.DataConfig fields (image_size comes
-                     from the model spec; eval uses original_canvas for full-res metrics).
+                     from the model spec; eval computes its metrics at original resolution
+                     inside a canvas of side original_canvas, 0: the largest image side
+                     of the evaluated data). `folder` holds the options of the folder
+                     data set (a user's own images; spt_jax/data/builders/folder.py).
   loss               spt_jax.spt.losses.LossSpec fields.
   optimizer          spt_jax.train.optimizer.OptimizerSpec fields; decay_epochs are
                      turned into decay_steps from the training set size.
@@ -37,7 +40,9 @@ import importlib.util
 import os
 
 import ml_collections
+import tensorflow_datasets as tfds
 
+from spt_jax.data.builders.folder import FolderConfig
 from spt_jax.data.pipeline import DataConfig
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.errors import SptUserError
@@ -82,10 +87,19 @@ def prompt_fields(prompt: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in prompt.to_dict().items() if v is not None}
 
 
+def folder_defaults() -> ml_collections.ConfigDict:
+  """The folder data set's options (FolderConfig fields; name '' = the manual_dir's)."""
+  inherited = {field.name for field in dataclasses.fields(tfds.core.BuilderConfig)}
+  fields = {field.name: field.default for field in dataclasses.fields(FolderConfig)
+            if field.name not in inherited}
+  return ml_collections.ConfigDict(dict(name="", **fields))
+
+
 def data_defaults(**overrides) -> ml_collections.ConfigDict:
   """A data block (DataConfig fields that configs usually set)."""
   fields = dict(dataset="synthetic", manual_dir="", data_dir="",
-                dataset_options=ml_collections.ConfigDict(), split="test", categories=(),
+                dataset_options=ml_collections.ConfigDict(), folder=folder_defaults(),
+                split="test", categories=(),
                 resize="sam", augment=False, hflip_probability=0.5, lsj_min_scale=0.1,
                 lsj_max_scale=2.0, crop_to_defect=True, prompt=prompt_defaults(),
                 keep_normal=False,
@@ -164,18 +178,25 @@ def benchmark_config(dataset: str, arg: str, train_dataset: str) -> ml_collectio
   --config.model.base=converted/sam_vit_b --config.data.eval.manual_dir=/data/visa
   --config.data.train.manual_dir=/data/mvtec_ad.
   """
-  variant = arg or "vit_b"
+  config = paper_config(arg)
+  config.data.train.dataset = train_dataset
+  config.data.eval.dataset = dataset
+  config.data.eval.original_canvas = CANVAS[dataset]
+  return lock(config)
+
+
+def paper_config(variant: str) -> ml_collections.ConfigDict:
+  """The paper's model and recipe for a SAM size ('vit_b' default, 'vit_l', 'vit_h'),
+  unlocked, data blocks at their defaults."""
+  variant = variant or "vit_b"
   if variant not in MODEL_VARIANTS:
-    raise SptUserError(f"config variant {arg!r}: expected one of {MODEL_VARIANTS}")
+    raise SptUserError(f"config variant {variant!r}: expected one of {MODEL_VARIANTS}")
   config = base_config()
   config.model.type = variant
   if variant == "vit_h":  # v5e-compiled, 1 image x 8 prompts per chip, float32: peak
     config.model.remat = "blocks"  # 15.96 of 16 GiB without, 4.26 with (launch/README)
-  config.data.train.dataset = train_dataset
-  config.data.eval.dataset = dataset
-  config.data.eval.original_canvas = CANVAS[dataset]
   config.eval.num_overlays = 16
-  return lock(config)
+  return config
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ import jax
 from spt_jax import config as config_lib
 from spt_jax import parallel
 from spt_jax.data import builders
+from spt_jax.data.pipeline import folder_options
 from spt_jax.errors import SptUserError
 from spt_jax.pretrained import load_spec
 from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
@@ -27,12 +28,20 @@ def _check_dataset_source(block_name: str, data) -> None:
   """The data set's files or its built TFDS copy exist (synthetic is generated)."""
   if data.dataset == "synthetic":
     return
+  folder = None
+  if data.dataset == builders.FolderDataset.name:
+    folder = folder_options(data)
+    try:
+      builders.folder_config(folder)
+    except SptUserError as error:
+      raise SptUserError(f"data.{block_name}.folder: {error}") from None
   if data.manual_dir:
     if not os.path.isdir(os.path.expanduser(data.manual_dir)):
+      what = ("the folder holding your images" if folder is not None
+              else f"the extracted {data.dataset} data set")
       raise SptUserError(f"data.{block_name}.manual_dir {data.manual_dir}: no such folder "
-                         f"(expected the extracted {data.dataset} data set)")
+                         f"(expected {what})")
     return
-  folder = data.dataset_options if data.dataset == builders.FolderDataset.name else None
   try:
     builders.load(data.dataset, data.data_dir, folder)
   except SptUserError as error:
@@ -58,10 +67,6 @@ def check_config(config, mode: str) -> None:
   if mode in ("train_and_eval", "eval"):
     eval_data = config_lib.to_data_config(config.data.eval, image_size, num_epochs=1).check()
     _check_dataset_source("eval", eval_data)
-    if not eval_data.original_canvas:
-      raise SptUserError("data.eval.original_canvas must be set: metrics are computed at "
-                         "each image's original resolution inside a canvas of that side "
-                         "(at least the largest image side of the data set)")
   if mode == "predict":
     for field in ("images_dir", "prompts_file"):
       if not config.predict[field]:

@@ -25,6 +25,8 @@ def _load(path, variant):
 def variants(path):
   if path.endswith("default.py"):
     return ["", "quick"] + [f"{m},quick" for m in config_lib.METHODS]
+  if path.endswith("folder.py"):  # the data folder, then the model variant
+    return ["/data/line", "/data/line,vit_b", "/data/line,vit_h"]
   return ["", "vit_b", "vit_l", "vit_h"]
 
 
@@ -48,8 +50,11 @@ def test_only_the_embedded_default_departs_from_the_papers_loss_weights():
     assert tuple(config.loss.step_weights) == expected, method
   assert _load(os.path.join(CONFIG_DIR, "default.py"), "").model.sdt_steps == 2
   for path in CONFIG_FILES:
-    if not path.endswith("default.py"):
+    if not path.endswith(("default.py", "folder.py")):
       assert tuple(_load(path, "vit_b").loss.step_weights) == (1.0, 1.0), path
+  folder = os.path.join(CONFIG_DIR, "folder.py")
+  assert tuple(_load(folder, "/data/line").loss.step_weights) == (1.0, 0.0)
+  assert tuple(_load(folder, "/data/line,vit_b").loss.step_weights) == (1.0, 1.0)
 
 
 def run_main(*flags):

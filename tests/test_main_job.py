@@ -116,6 +116,47 @@ def test_predict_mode_writes_masks(trained_workdir, main_job, tmp_path):
   assert (tmp_path / "out" / "a_prompt1.png").exists()  # nothing of the first run lost
 
 
+FOLDER_FLAGS = ["--config.data.{block}.dataset=folder",
+                "--config.data.{block}.manual_dir={root}",
+                "--config.data.{block}.categories=()",
+                "--config.data.{block}.split={split}",
+                "--config.data.{block}.folder.normal_dir=good",
+                "--config.data.{block}.folder.abnormal_dir=defect",
+                "--config.data.{block}.folder.test_fraction=0.3"]
+
+
+def test_own_folder_trains_and_evaluates(main_job, tmp_path):
+  """The README's worked example: the example script's folder, with configs/folder.py,
+  and with flags alone on the default config; both evaluate the same held-out images."""
+  root = tmp_path / "my_line"
+  subprocess.run([sys.executable, os.path.join(REPO, "examples", "make_folder.py"),
+                  str(root)], check=True, cwd=tmp_path)
+  with_config = tmp_path / "with_config"
+  main_job(with_config, f"--config={CONFIG_DIR}/folder.py:{root}",
+           f"--config.data.train.data_dir={tmp_path / 'tfds'}",
+           f"--config.data.eval.data_dir={tmp_path / 'tfds'}",
+           "--config.train.num_steps=3", "--config.eval.num_overlays=1")
+  flags = [flag.format(block=block, root=root, split=split) for block, split in
+           (("train", "train"), ("eval", "test")) for flag in FOLDER_FLAGS]
+  from_flags = tmp_path / "from_flags"
+  main_job(from_flags, f"--config={DEFAULT}:quick", *flags,
+           f"--config.data.train.data_dir={tmp_path / 'tfds'}",
+           f"--config.data.eval.data_dir={tmp_path / 'tfds'}",
+           "--config.data.eval.original_canvas=0")
+  evaluated = []
+  for workdir in (with_config, from_flags):
+    results = json.loads((workdir / "results.json").read_text())
+    box = results["datasets"]["my_line"]["prompts"]["box"]
+    assert 0 < box["num_images"] < 56 and 0 <= box["all_images"]["final"]["iou"] <= 1
+    evaluated.append(sorted(row.split(",")[3] for row in
+                            (workdir / "results.csv").read_text().splitlines()[1:]))
+  assert evaluated[0] == evaluated[1] and all(path.startswith("defect/")
+                                              for path in evaluated[0])
+  trained = {path for path in os.listdir(root / "defect")} - {
+      os.path.basename(path) for path in evaluated[0]}
+  assert trained  # the rest of the defect images trained
+
+
 TRAIN_ONLY = [f"--config={DEFAULT}:quick", "--mode=train", *SMALL_DATA,
               "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=1",
               "--config.train.log_every_steps=1"]

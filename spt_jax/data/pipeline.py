@@ -83,8 +83,10 @@ class DataConfig:
   manual_dir: the benchmark's extracted tree; needed only to build it the first time.
   data_dir: where built TFDS files live (default: TFDS's; for synthetic, its own folder
     under ~/.cache/spt_jax/synthetic).
-  dataset_options: for "folder", FolderConfig fields; for "synthetic", the arguments of
-    synthetic.ensure_synthetic_dataset (categories, image_size, counts, seed).
+  dataset_options: for "synthetic", the arguments of synthetic.ensure_synthetic_dataset
+    (categories, image_size, counts, seed).
+  folder: for "folder", FolderConfig fields (spt_jax.data.builders.folder); its name
+    defaults to the manual_dir's folder name.
   categories: categories to read (empty: all).
   original_canvas: C, to emit original_mask (C, C); every image must fit in it.
   read_threads, read_prefetch: threads reading records and records read ahead, per
@@ -95,6 +97,7 @@ class DataConfig:
   manual_dir: str | None = None
   data_dir: str | None = None
   dataset_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  folder: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   split: str = "test"
   categories: tuple[str, ...] = ()
   image_size: int = 1024
@@ -133,8 +136,9 @@ class DataConfig:
       fields["prompt"] = prompts.prompt_config_from(fields["prompt"])
     if "categories" in fields:
       fields["categories"] = tuple(fields["categories"] or ())
-    if "dataset_options" in fields:
-      fields["dataset_options"] = dict(fields["dataset_options"] or {})
+    for name in ("dataset_options", "folder"):
+      if name in fields:
+        fields[name] = dict(fields[name] or {})
     return cls(**fields)
 
   def check(self) -> "DataConfig":
@@ -264,6 +268,23 @@ class DataPipeline:
     return text + "".join(f"\n  skipped: {m}" for _, m in self.skipped_at_build)
 
 
+def folder_options(config: DataConfig) -> dict[str, Any]:
+  """The FolderConfig fields of a "folder" data config, the name defaulting to the
+  manual_dir's folder name."""
+  options = dict(config.folder)
+  if not options.get("name") and config.manual_dir:
+    options["name"] = os.path.basename(os.path.normpath(os.path.expanduser(
+        config.manual_dir)))
+  return options
+
+
+def dataset_label(config: DataConfig) -> str:
+  """The data set's name in reports: the builder's, or a folder data set's own name."""
+  if config.dataset == builders.FolderDataset.name:
+    return folder_options(config).get("name") or config.dataset
+  return config.dataset
+
+
 def prepare_dataset(config: DataConfig) -> tuple[DataConfig, Any]:
   """Builds or finds the configured dataset; returns (config, prepared TFDS builder).
 
@@ -273,7 +294,7 @@ def prepare_dataset(config: DataConfig) -> tuple[DataConfig, Any]:
     generated = synthetic.ensure_synthetic_dataset(
         config.data_dir or DEFAULT_SYNTHETIC_DIR, **config.dataset_options)
     config = dataclasses.replace(config, **generated.data_config_fields())
-  folder = config.dataset_options if config.dataset == builders.FolderDataset.name else None
+  folder = folder_options(config) if config.dataset == builders.FolderDataset.name else None
   if config.manual_dir is None:
     builder = builders.load(config.dataset, config.data_dir, folder)
   else:
@@ -306,6 +327,15 @@ def _select(config: DataConfig, builder) -> tuple[np.ndarray, tuple[str, ...], d
     raise SptUserError(f"{builder.name}/{config.split} categories {list(wanted)}: no "
                        "example with a defect mask (set keep_normal to read normal images)")
   return indices, tuple(sorted(set(wanted))), normal
+
+
+def largest_image_side(config: DataConfig | Mapping[str, Any] | Any) -> int:
+  """The largest image side (H or W, original pixels) of the configured subset: the
+  smallest original_canvas that holds it. Builds the data set if needed."""
+  config, builder = prepare_dataset(DataConfig.from_config(config).check())
+  indices, _, _ = _select(config, builder)
+  sizes = np.asarray(builder.info.metadata[config.split]["original_size"])
+  return int(sizes[indices].max())
 
 
 def _shard(indices: np.ndarray, drop_remainder: bool) -> np.ndarray:

@@ -25,7 +25,8 @@ from spt_jax import model_inputs
 from spt_jax import parallel
 from spt_jax import transforms
 from spt_jax.config import prompt_fields, to_data_config
-from spt_jax.data.pipeline import batch_spec, make_pipeline
+from spt_jax.data.pipeline import (batch_spec, dataset_label, largest_image_side,
+                                   make_pipeline)
 from spt_jax.errors import SptUserError
 from spt_jax.evaluate import anomaly_metrics
 from spt_jax.evaluate import overlays
@@ -76,6 +77,9 @@ class Evaluator:
     self.model = model
     self.workdir = workdir
     self.data_config = to_data_config(config.data.eval, model.spec.image_size, num_epochs=1)
+    if not self.data_config.original_canvas:  # 0: the data's largest image side
+      self.data_config = dataclasses.replace(
+          self.data_config, original_canvas=largest_image_side(self.data_config))
     if self.data_config.prompt.per_region:
       raise SptUserError("data.eval.prompt: per-region prompts are for training; evaluation "
                          "uses one prompt per image (the paper's protocol)")
@@ -160,7 +164,7 @@ class Evaluator:
   def evaluate(self, variables, num_overlays: int = 0) -> dict[str, Any]:
     """Runs the split: ImageRecords, pixel metrics (per category and pooled), counts."""
     pipeline = make_pipeline(self.data_config)
-    dataset, prompt = self.data_config.dataset, self.prompt_label()
+    dataset, prompt = dataset_label(self.data_config), self.prompt_label()
     records, overlay_files = [], []
     accumulators = collections.defaultdict(
         lambda: anomaly_metrics.PixelScoreAccumulator(self.config.eval.score_bins))

@@ -148,3 +148,16 @@ def write_folder(root: pathlib.Path):
       pixels = write_mask(root / "masks" / f"{name}_mask.png", boxes)
     expected["test"].append(("line1", int(pixels > 0), pixels))
   return expected
+
+
+def write_normal_abnormal_folder(root: pathlib.Path):
+  """anomalib's Folder layout: good/ (normal), defect/ with masks/<same name>."""
+  expected = {"test": []}
+  for n in range(3):
+    write_image(root / "good" / f"ok_{n}.png", seed=40 + n)
+    expected["test"].append(("line2", 0, 0))
+  for n, boxes in enumerate(([(2, 9, 3, 12)], [(0, 4, 0, 4), (10, 12, 20, 31)])):
+    write_image(root / "defect" / f"scratch_{n}.png", seed=50 + n)
+    pixels = write_mask(root / "masks" / f"scratch_{n}.png", boxes)
+    expected["test"].append(("line2", 1, pixels))
+  return expected

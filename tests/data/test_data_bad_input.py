@@ -149,9 +149,33 @@ def test_missing_masks_in_other_layouts(tmp_path, dataset, writer, victim):
 
 def test_folder_image_without_mask(tmp_path):
   fake_trees.write_folder(tmp_path / "raw")
-  options = dict(name="line1", mask_name="{stem}_mask.png")
+  options = dict(name="line1", images_dir="images", mask_name="{stem}_mask.png")
   with pytest.raises(SptUserError, match=r"c\.jpg: missing mask; expected .*c_mask\.png "
                      r"\(or set missing_mask='normal'"):
+    builders.build("folder", tmp_path / "raw", tmp_path / "tfds", folder=options)
+
+
+def test_folder_defect_without_mask_names_every_file_it_looked_for(tmp_path):
+  fake_trees.write_normal_abnormal_folder(tmp_path / "raw")
+  (tmp_path / "raw" / "masks" / "scratch_1.png").unlink()
+  options = dict(name="line2", normal_dir="good", abnormal_dir="defect")
+  with pytest.raises(SptUserError, match=r"defect/scratch_1\.png: missing mask; expected "
+                     r".*masks/scratch_1\.png or .*masks/scratch_1\.png or "
+                     r".*masks/scratch_1_mask\.png$"):
+    builders.build("folder", tmp_path / "raw", tmp_path / "tfds", folder=options)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(name="x"), "give normal_dir, abnormal_dir and/or images_dir"),
+    (dict(name="x", normal_dir="nope"), r"normal_dir='nope': no folder .*nope"),
+    (dict(name="x", normal_dir="good", test_fraction=1.0), "test_fraction=1.0"),
+    (dict(name="x", normal_dir="good", mask_name="mask.png"), "a rule with {stem}"),
+    (dict(normal_dir="good"), "needs folder options with a 'name'"),
+    (dict(name="x", normal_dir="good", colour="red"), r"folder options \['colour'\]"),
+])
+def test_folder_options_are_checked(tmp_path, options, message):
+  fake_trees.write_normal_abnormal_folder(tmp_path / "raw")
+  with pytest.raises(SptUserError, match=message):
     builders.build("folder", tmp_path / "raw", tmp_path / "tfds", folder=options)
 
 

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 import fake_trees
 from spt_jax.data import builders
+from spt_jax.data.builders import folder as folder_builder
 from spt_jax.data import pipeline
 
 tfds.disable_progress_bar()
@@ -44,8 +45,11 @@ def check_split(examples, expected):
     ("visa", fake_trees.write_visa, {}),
     ("ksdd2", fake_trees.write_ksdd2, {}),
     ("spt_archive", fake_trees.write_spt_archive, {}),
-    ("folder", fake_trees.write_folder, dict(dataset_options=dict(
-        name="line1", mask_name="{stem}_mask.png", missing_mask="normal"))),
+    ("folder", fake_trees.write_folder, dict(folder=dict(
+        name="line1", images_dir="images", mask_name="{stem}_mask.png",
+        missing_mask="normal"))),
+    ("folder", fake_trees.write_normal_abnormal_folder, dict(folder=dict(
+        normal_dir="good", abnormal_dir="defect", mask_dir="masks", category="line2"))),
 ])
 def test_builder_reads_its_layout(tmp_path, dataset, writer, options):
   root = tmp_path / "raw"
@@ -55,7 +59,9 @@ def test_builder_reads_its_layout(tmp_path, dataset, writer, options):
     check_split(examples, wanted)
     assert loaded.num_examples == len(wanted)
     assert loaded.skipped_at_build == []
-  built = builders.load(dataset, tmp_path / "tfds", options.get("dataset_options"))
+  built = builders.load(dataset, tmp_path / "tfds",
+                        pipeline.folder_options(pipeline.DataConfig.from_config(
+                            dict(options, manual_dir=str(root)))))
   assert {s: built.info.splits[s].num_examples for s in expected} == {
       s: len(v) for s, v in expected.items()}
 
@@ -104,3 +110,31 @@ def test_second_build_finds_the_built_files(tmp_path):
   built = builders.build("ksdd2", tmp_path / "raw", tmp_path / "tfds")
   assert os.stat(info).st_mtime_ns == written  # not built again
   assert built.info.splits["train"].num_examples == 2
+
+
+def test_folder_splits_by_a_stable_hash_and_warns_of_unused_masks(tmp_path, caplog):
+  """test_fraction sends each image to the same split whatever else is in the folder;
+  a mask no image takes is named in a warning."""
+  root = tmp_path / "raw"
+  fake_trees.write_normal_abnormal_folder(root)
+  fake_trees.write_mask(root / "masks" / "stray.png", [(0, 2, 0, 2)])
+  options = dict(normal_dir="good", abnormal_dir="defect", test_fraction=0.5)
+
+  def splits(data_dir):
+    built = builders.build("folder", root, data_dir, folder=dict(options, name="line"))
+    return {split: sorted(built.as_data_source(split)[i]["source_path"].decode()
+                          for i in range(built.info.splits[split].num_examples))
+            for split in ("train", "test")}
+
+  with caplog.at_level("WARNING"):
+    first = splits(tmp_path / "tfds")
+  assert "1 mask file(s)" in caplog.text and "stray.png" in caplog.text
+  assert first["train"] and first["test"]
+  assert sorted(first["train"] + first["test"]) == sorted(
+      f"{d}/{n}" for d in ("good", "defect") for n in os.listdir(root / d))
+  for path in first["test"]:
+    assert folder_builder.split_of(path, 0.5) == "test"
+  fake_trees.write_image(root / "good" / "new_one.png")  # more files: the rest stay
+  second = splits(tmp_path / "tfds2")
+  for split in ("train", "test"):
+    assert set(first[split]) <= set(second[split])

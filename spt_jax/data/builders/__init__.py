@@ -9,7 +9,8 @@ downloaded) and writes `array_record` files under data_dir/<name>/[<config>/]<ve
   visa         <root>/split_csv/1cls.csv and the paths it lists (label-id masks)
   ksdd2        <root>/{train,test}/<id>.png and <id>_GT.png
   spt_archive  <root>/<dataset>/test/<name>.jpg and <name>.png (the SPT authors' archive)
-  folder       <root>/<images>/*, <root>/<masks>/<rule> (options: FolderConfig fields)
+  folder       <root>/<normal_dir>, <abnormal_dir>, <images_dir>, <mask_dir> (a user's
+               own data; options: FolderConfig fields)
 
 `build(name, manual_dir, data_dir)` builds once (later calls find the built files, and
 build again when the tree or the options changed: `base.ManualDirBuilder.stale_reason`)
@@ -40,20 +41,25 @@ BUILDERS: dict[str, type[base.ManualDirBuilder]] = {
 }
 
 
+def folder_config(folder: Mapping[str, Any] | None) -> FolderConfig:
+  """The FolderConfig of folder options, or SptUserError naming what is wrong."""
+  if not folder or not folder.get("name"):
+    raise SptUserError("dataset 'folder' needs folder options with a 'name' (the built "
+                       "set's; by default the manual_dir's folder name) and its folders "
+                       "(normal_dir, abnormal_dir, images_dir, mask_dir, ...); got "
+                       f"{dict(folder or {})}")
+  fields = set(FolderConfig.__dataclass_fields__)
+  unknown = sorted(set(folder) - fields)
+  if unknown:
+    raise SptUserError(f"folder options {unknown}: expected some of {sorted(fields)}")
+  return FolderConfig(**folder)
+
+
 def _make(name: str, data_dir: str | os.PathLike | None, on_bad_input: str,
           folder: Mapping[str, Any] | None, splits=None) -> base.ManualDirBuilder:
   if name not in BUILDERS:
     raise SptUserError(f"dataset {name!r}: expected one of {sorted(BUILDERS)}")
-  config = None
-  if name == FolderDataset.name:
-    if not folder or "name" not in folder:
-      raise SptUserError("dataset 'folder' needs folder options with at least a 'name' "
-                         f"(fields of FolderConfig: images, masks, mask_name, ...); got {folder}")
-    fields = set(FolderConfig.__dataclass_fields__)
-    unknown = sorted(set(folder) - fields)
-    if unknown:
-      raise SptUserError(f"folder options {unknown}: expected some of {sorted(fields)}")
-    config = FolderConfig(**folder)
+  config = folder_config(folder) if name == FolderDataset.name else None
   if data_dir is not None:
     data_dir = os.path.expanduser(os.fspath(data_dir))
   return BUILDERS[name](data_dir=data_dir, config=config, file_format="array_record",
