@@ -37,6 +37,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8"],
         "convert": [TORCH],
+        # Meta's code for the parity tests, imported through tests/torchvision_shim:
+        # segment_anything imports torchvision, which does not install beside this torch.
         "reference": [TORCH, "segment-anything==1.0"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

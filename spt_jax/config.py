@@ -29,7 +29,9 @@ Fields:
                      periods in steps, checkpoints kept, seed.
   eval               metrics options, overlays; which checkpoint of the
                      workdir --mode=eval uses ('latest' or 'best'); zero_shot_first
-                     evaluates SAM as it is before training, for the comparison.
+                     evaluates SAM as it is before training, for the comparison;
+                     save_predictions writes each image's masks, scores and prompt to
+                     workdir/predictions/<source path>.npz.
   predict            images_dir, prompts_file, output_dir for --mode=predict.
   mesh               device mesh, sharding rules and multi-host start
                      (spt_jax.parallel.MeshSpec; launch/README.md explains the fields).
@@ -129,7 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every_steps=100, keep_checkpoints=3, best_metric="final_iou", seed=0))
   config.eval = ml_collections.ConfigDict(dict(
       dilation_ratio=0.02, anomaly_metrics=True, score_bins=2 ** 19,
-      num_overlays=8, checkpoint="latest", zero_shot_first=False))
+      num_overlays=8, checkpoint="latest", zero_shot_first=False, save_predictions=False))
   config.predict = ml_collections.ConfigDict(dict(
       images_dir="", prompts_file="", output_dir=""))
   config.mesh = mesh_config()

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from spt_jax.errors import SptUserError
-from spt_jax.ops.resize import sam_postprocess_matrix
+from spt_jax.ops.resize import linear_resize_matrix, sam_postprocess_matrix
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -71,3 +71,31 @@ def postprocess_masks(low_res_logits: np.ndarray, image_size: int,
                                     original_size)
   return np.einsum("ph,...hw,qw->...pq", rows, np.asarray(low_res_logits, np.float32),
                    cols, optimize=True)
+
+
+def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: int,
+                       original_len: int, canvas: int) -> np.ndarray:
+  """(canvas, low_res) matrix: low-res logits -> original pixels along one axis, rows
+  past the original length zero. protocol 'sam': Meta's postprocessing; 'paper': a
+  straight resize to the original length (the SPT authors' evaluation)."""
+  if protocol == "sam":
+    matrix = sam_postprocess_matrix(low_res, image_size, input_len, original_len)
+  elif protocol == "paper":
+    matrix = linear_resize_matrix(low_res, original_len)
+  else:
+    raise SptUserError(f"resize protocol {protocol!r}: expected 'sam' or 'paper'")
+  return np.pad(matrix, ((0, canvas - original_len), (0, 0)))
+
+
+def postprocess_matrices_batch(protocol: str, low_res: int, image_size: int,
+                               input_sizes: np.ndarray, original_sizes: np.ndarray,
+                               canvas: int) -> tuple[np.ndarray, np.ndarray]:
+  """rows (B, canvas, l) and cols (B, canvas, l) of a batch (`postprocess_matrix` per
+  image; input_sizes and original_sizes (B, 2) as (h, w))."""
+  rows, cols = [], []
+  for input_size, original_size in zip(input_sizes, original_sizes):
+    rows.append(postprocess_matrix(protocol, low_res, image_size, int(input_size[0]),
+                                   int(original_size[0]), canvas))
+    cols.append(postprocess_matrix(protocol, low_res, image_size, int(input_size[1]),
+                                   int(original_size[1]), canvas))
+  return np.stack(rows), np.stack(cols)

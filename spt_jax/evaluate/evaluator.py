@@ -23,6 +23,7 @@ from PIL import Image
 
 from spt_jax import model_inputs
 from spt_jax import parallel
+from spt_jax import programs
 from spt_jax import transforms
 from spt_jax.config import prompt_fields, to_data_config
 from spt_jax.data.pipeline import (batch_spec, dataset_label, largest_image_side,
@@ -32,7 +33,6 @@ from spt_jax.evaluate import anomaly_metrics
 from spt_jax.evaluate import overlays
 from spt_jax.evaluate import reports
 from spt_jax.evaluate.metrics import segmentation_metrics
-from spt_jax.ops.resize import linear_resize_matrix, sam_postprocess_matrix
 from spt_jax.train.metric_writer import MetricWriter, ProgressLine
 
 STEP_NAMES = ("draft", "final")
@@ -54,16 +54,6 @@ def overlay_indices(count: int, total: int) -> frozenset[int]:
   if count >= total:
     return frozenset(range(total))
   return frozenset(int(i) for i in np.linspace(0, total - 1, max(count, 0)).round())
-
-
-def postprocess_matrix(protocol: str, low_res: int, image_size: int, input_len: int,
-                       original_len: int, canvas: int) -> np.ndarray:
-  """(canvas, low_res) matrix: low-res logits -> original pixels (rows past H0 zero)."""
-  if protocol == "sam":
-    matrix = sam_postprocess_matrix(low_res, image_size, input_len, original_len)
-  else:  # "paper": straight to the original size, as the authors' evaluation
-    matrix = linear_resize_matrix(low_res, original_len)
-  return np.pad(matrix, ((0, canvas - original_len), (0, 0)))
 
 
 class Evaluator:
@@ -124,36 +114,35 @@ class Evaluator:
                      *parallel.abstract_tree((matrix, matrix), (self.batch_sharding,) * 2))
 
   def _forward_fn(self, variables, batch, rows, cols):
-    """-> metrics {name: (B, steps, P)}, scores (B, steps, P, C, C), logits (B, steps, P, l, l).
+    """-> metrics {name: (B, steps, P)} and the predictions: scores and masks
+    (B, steps, P, C, C), low-res logits (B, steps, P, l, l), predicted IoU (B, P).
 
-    Every output leads with the batch axis, so each process reads its own images' rows.
+    The model runs as `spt_jax.programs` (what the serving export holds). Every output
+    leads with the batch axis, so each process reads its own images' rows.
     """
-    output = self.model.apply(variables, model_inputs.model_images(batch),
-                              model_inputs.model_prompts(batch, self.data_config.prompt))
-    logits = output.logits[:, :, :, 0]
-    at_original = jnp.einsum("bhl,sbplm,bwm->sbphw", rows, logits, cols,
-                             precision=jax.lax.Precision.HIGHEST)
-    truth = jnp.broadcast_to(batch["original_mask"][None, :, None] > 0, at_original.shape)
-    valid_hw = jnp.broadcast_to(batch["original_size"][None, :, None], at_original.shape[:3]
+    embeddings = programs.embed(self.model, variables, batch["image"], batch["input_size"])
+    outputs = programs.decode(self.model, variables, embeddings,
+                              model_inputs.model_prompts(batch, self.data_config.prompt),
+                              rows, cols)
+    at_original = outputs["logits"]
+    truth = jnp.broadcast_to(batch["original_mask"][:, None, None] > 0, at_original.shape)
+    valid_hw = jnp.broadcast_to(batch["original_size"][:, None, None], at_original.shape[:3]
                                 + (2,))
     flat = lambda x: x.reshape((-1,) + x.shape[3:])
     results = segmentation_metrics(flat(at_original), flat(truth), flat(valid_hw),
                                    dilation_ratio=self.config.eval.dilation_ratio)
-    batch_first = lambda x: jnp.moveaxis(x, 1, 0)
-    metrics = {name: batch_first(getattr(results, name).reshape(at_original.shape[:3]))
+    metrics = {name: getattr(results, name).reshape(at_original.shape[:3])
                for name in MASK_METRICS}
-    return metrics, batch_first(jax.nn.sigmoid(at_original)), batch_first(logits)
+    predictions = {"scores": jax.nn.sigmoid(at_original),
+                   "low_res_logits": outputs["low_res_logits"], "iou": outputs["iou"]}
+    if self.config.eval.save_predictions:
+      predictions["masks"] = at_original > 0
+    return metrics, predictions
 
   def _matrices(self, batch):
-    low_res, size = self.model.spec.low_res_size, self.model.spec.image_size
-    protocol = self.data_config.resize
-    rows, cols = [], []
-    for input_size, original_size in zip(batch["input_size"], batch["original_size"]):
-      rows.append(postprocess_matrix(protocol, low_res, size, int(input_size[0]),
-                                     int(original_size[0]), self.canvas))
-      cols.append(postprocess_matrix(protocol, low_res, size, int(input_size[1]),
-                                     int(original_size[1]), self.canvas))
-    return np.stack(rows), np.stack(cols)
+    return transforms.postprocess_matrices_batch(
+        self.data_config.resize, self.model.spec.low_res_size, self.model.spec.image_size,
+        batch["input_size"], batch["original_size"], self.canvas)
 
   def prompt_label(self) -> str:
     """The prompt kind the results are grouped by: the mode and any field set."""
@@ -174,20 +163,24 @@ class Evaluator:
     with_overlay = overlay_indices(num_overlays if parallel.is_main_process() else 0, total)
     for batch in pipeline:
       rows, cols = self._matrices(batch)
-      metrics, probabilities, logits = self._forward(
+      metrics, predictions = self._forward(
           variables, *_pad_rows((model_inputs.array_fields(batch), rows, cols),
                                 self.data_config.batch_size))
       for b in range(len(batch["image"])):
         category = batch["category"][b].decode()
         records += [self._record(batch, b, p, metrics, dataset, prompt)
                     for p in np.flatnonzero(batch["prompt_valid"][b])]
+        height, width = (int(x) for x in batch["original_size"][b])
         if self.config.eval.anomaly_metrics:
-          height, width = (int(x) for x in batch["original_size"][b])
           truth = batch["original_mask"][b, :height, :width] > 0
           for s, step in enumerate(self.steps):
-            accumulators[category, step].add(probabilities[b, s, 0, :height, :width], truth)
+            accumulators[category, step].add(
+                predictions["scores"][b, s, 0, :height, :width], truth)
         if done + b in with_overlay:
-          overlay_files.append(self._save_overlay(batch, b, logits[b, :, 0], done + b))
+          overlay_files.append(self._save_overlay(
+              batch, b, predictions["low_res_logits"][b, :, 0], done + b))
+        if self.config.eval.save_predictions:
+          self._save_predictions(batch, b, predictions)
       done += len(batch["image"])
       if parallel.is_main_process():
         progress.update(done)
@@ -246,6 +239,24 @@ class Evaluator:
         image_path=batch["source_path"][b].decode(), prompt=prompt,
         scores={step: {name: float(metrics[name][b, s, p]) for name in MASK_METRICS}
                 for s, step in enumerate(self.steps)})
+
+  def _save_predictions(self, batch, b, predictions) -> None:
+    """workdir/predictions/<source path, '/' as '__'>.npz: what the model predicted
+    for image b (PREDICTION_FILE_FIELDS)."""
+    height, width = (int(x) for x in batch["original_size"][b])
+    source = batch["source_path"][b].decode()
+    prompt = {k: batch[k][b] for k in ("boxes", "points", "point_labels", "prompt_valid")}
+    directory = os.path.join(self.workdir, "predictions")
+    os.makedirs(directory, exist_ok=True)
+    np.savez_compressed(
+        os.path.join(directory, source.replace("/", "__") + ".npz"),
+        source_path=source, category=batch["category"][b].decode(),
+        steps=np.array(self.steps), input_size=batch["input_size"][b],
+        original_size=batch["original_size"][b],
+        scores=predictions["scores"][b, :, :, :height, :width],
+        masks=predictions["masks"][b, :, :, :height, :width],
+        low_res_logits=predictions["low_res_logits"][b], iou=predictions["iou"][b],
+        **{f"prompt_{k}": v for k, v in prompt.items()})
 
   def _save_overlay(self, batch, b, logits, index) -> str:
     """Overlay on the model-input image (what the model saw) with every step's mask;
