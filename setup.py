@@ -33,6 +33,7 @@ setuptools.setup(
         "scipy>=1.13",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "flatbuffers>=24.3",  # jax.export serialization (spt_jax.export)
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -33,6 +33,9 @@ Fields:
                      save_predictions writes each image's masks, scores and prompt to
                      workdir/predictions/<source path>.npz.
   predict            images_dir, prompts_file, output_dir for --mode=predict.
+  export             --mode=export (spt_jax.export): platforms, batch_sizes (empty: the
+                     evaluation's batch size, so the export's numbers are --mode=eval's),
+                     prompt kinds, prompt_buckets, output_dir (default workdir/export).
   mesh               device mesh, sharding rules and multi-host start
                      (spt_jax.parallel.MeshSpec; launch/README.md explains the fields).
 """
@@ -54,7 +57,7 @@ from spt_jax.spt.losses import LossSpec
 from spt_jax.train.optimizer import OptimizerSpec
 from spt_jax.train.trainable import SPT_TRAINABLE
 
-MODES = ("train_and_eval", "train", "eval", "predict")
+MODES = ("train_and_eval", "train", "eval", "predict", "export")
 
 # The paper's comparison: what each method adds to SAM and what trains. A new PEFT
 # method is an adapter module (spt_jax/models) plus an entry here.
@@ -134,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
       num_overlays=8, checkpoint="latest", zero_shot_first=False, save_predictions=False))
   config.predict = ml_collections.ConfigDict(dict(
       images_dir="", prompts_file="", output_dir=""))
+  config.export = ml_collections.ConfigDict(dict(
+      platforms=("cpu",), batch_sizes=(), prompts=("box",), prompt_buckets=(1, 8),
+      output_dir=""))
   config.mesh = mesh_config()
   return config
 

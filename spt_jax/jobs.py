@@ -82,6 +82,7 @@ def run(config, workdir: str, mode: str) -> None:
   # pylint: disable=g-import-not-at-top
   from spt_jax.evaluate import reports
   from spt_jax.evaluate.evaluator import Evaluator
+  from spt_jax.export import export_model
   from spt_jax.predict_folder import predict_folder
   from spt_jax.train.loop import train
   # pylint: enable=g-import-not-at-top
@@ -96,10 +97,17 @@ def run(config, workdir: str, mode: str) -> None:
                           mesh_spec).run(
         baseline.variables)
   evaluator = Evaluator(config, setup.model, workdir, mesh_spec) if evaluates else None
-  step = None  # the training step the evaluated variables are of, when trained here
+  step, results = None, None  # the trained step evaluated, its evaluation
+
+  def final_evaluation(trained_variables, trained_step):
+    nonlocal results
+    results = evaluator.run(trained_variables, write_reports=True, step=trained_step)
+    return reports.flat_means(results)
+
   if mode in ("train_and_eval", "train") and config.trainable:
     trained = train(config, workdir, setup, mesh_spec,
-                    evaluate=evaluator.metrics_at_step if evaluator else None)
+                    evaluate=evaluator.metrics_at_step if evaluator else None,
+                    final_evaluate=final_evaluation if evaluator else None)
     variables, step = trained.variables, trained.steps
   elif mode in ("train_and_eval", "train"):
     print(f"method {config.method}: nothing trains", flush=True)
@@ -107,7 +115,8 @@ def run(config, workdir: str, mode: str) -> None:
   else:
     variables = _trained_variables(config, workdir, setup)
   if evaluator is not None:
-    results = evaluator.run(variables, write_reports=True, step=step)
+    if results is None:
+      results = evaluator.run(variables, write_reports=True, step=step)
     if zero_shot is not None and jax.process_index() == 0:
       title = f"zero-shot SAM vs {config.method}"
       table = reports.comparison_table({"zero-shot SAM": zero_shot, config.method: results})
@@ -117,6 +126,13 @@ def run(config, workdir: str, mode: str) -> None:
   if mode == "predict":
     predict_folder(config, setup.model, variables,
                    config.predict.output_dir or os.path.join(workdir, "predictions"))
+  if mode == "export":
+    export_model(setup.model, variables, config.export.output_dir or
+                 os.path.join(workdir, "export"), platforms=config.export.platforms,
+                 batch_sizes=config.export.batch_sizes or (config.data.eval.batch_size,),
+                 prompt_kinds=config.export.prompts,
+                 prompt_buckets=config.export.prompt_buckets,
+                 metadata={"source": os.path.abspath(workdir), "base": setup.base})
 
 
 def _trained_variables(config, workdir, setup):

@@ -2,7 +2,7 @@ r"""The main job: train, resume, evaluate and predict with SPT.
 
     python -m spt_jax.main                                  # embedded default, temp workdir
     python -m spt_jax.main --config=configs/visa.py:vit_b --workdir=runs/visa_b \
-        [--mode=train_and_eval|train|eval|predict] [--config.train.num_epochs=16 ...]
+        [--mode=train_and_eval|train|eval|predict|export] [--config.train.num_epochs=16 ...]
 
 A run in an existing workdir resumes from its newest checkpoint. Mistakes in the
 config, flags or inputs stop the job before anything compiles, with one line naming

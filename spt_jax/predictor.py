@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spt_jax import buckets
 from spt_jax import transforms
 from spt_jax.errors import SptUserError
 from spt_jax.models.prompts import Prompts
@@ -46,21 +47,10 @@ def _as_array(value, dtype, name, ndim, last=None):
 PROMPT_BUCKETS = (1, 8)
 
 
-def prompt_chunks(count: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
-  """How `count` prompts run: [(start, stop, padded size)], the smallest bucket that
-  holds them, else chunks of the largest bucket (the last chunk padded)."""
-  size = next((b for b in sorted(buckets) if b >= count), max(buckets))
-  return [(start, min(start + size, count), size) for start in range(0, count, size)]
-
-
 def take_prompts(prompts: Prompts, start: int, stop: int, size: int) -> Prompts:
   """Prompts start..stop-1 of every image, padded to `size` with copies of the last."""
-  def take(x):
-    if x is None:
-      return None
-    part = x[:, start:stop]
-    pad = np.repeat(part[:, -1:], size - (stop - start), axis=1)
-    return np.concatenate([part, pad], axis=1)
+  take = lambda x: None if x is None else buckets.pad_repeating(  # noqa: E731
+      np.asarray(x)[:, start:stop], size, axis=1)
   return Prompts(*(take(field) for field in prompts))
 
 
@@ -231,7 +221,7 @@ class SamPredictor:
   def _decode_in_buckets(self, prompts: Prompts, multimask_output: bool):
     """`_decode` over the prompt chunks (module docstring); outputs (1, P, ...)."""
     parts = []
-    for start, stop, size in prompt_chunks(prompts.batch_shape()[1], self.prompt_buckets):
+    for start, stop, size in buckets.chunks(prompts.batch_shape()[1], self.prompt_buckets):
       outputs = self._decode(self.variables, self.features,
                              take_prompts(prompts, start, stop, size), multimask_output)
       parts.append(jax.tree_util.tree_map(lambda x, n=stop - start: np.asarray(x)[:, :n],

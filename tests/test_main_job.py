@@ -14,6 +14,7 @@ from PIL import Image
 
 from checkpoint_faults import corrupt_step
 from configs import CONFIG_DIR
+from spt_jax import export
 from spt_jax.predictor import SptPredictor
 from spt_jax.train.checkpoints import restore_trainable
 from spt_jax.train.model_setup import TINY_SPEC
@@ -79,6 +80,9 @@ def test_train_and_eval_writes_results_within_range(trained_workdir):
   trainable, meta = restore_trainable(str(workdir))
   assert set(trainable["adapters"]) == {"image_encoder", "decoders"}
   assert meta["base"]["sha256"]
+  assert os.listdir(workdir / "best") == ["4"]  # the final evaluation's step
+  best, _ = restore_trainable(str(workdir), "best")
+  assert_same_leaves(best, trainable)
 
 
 def test_predict_mode_writes_masks(trained_workdir, main_job, tmp_path):
@@ -155,6 +159,45 @@ def test_own_folder_trains_and_evaluates(main_job, tmp_path):
   trained = {path for path in os.listdir(root / "defect")} - {
       os.path.basename(path) for path in evaluated[0]}
   assert trained  # the rest of the defect images trained
+
+
+def test_serving_export_predicts_what_eval_predicts(trained_workdir, main_job, tmp_path):
+  """--mode=export of the trained workdir, run by spt_jax.serving in a process without
+  model code, gives --mode=eval's masks, scores and predicted IoUs bit for bit (at the
+  evaluation's batch size, the export's default)."""
+  workdir, _ = trained_workdir
+  main_job(workdir, f"--config={DEFAULT}:quick", *SMALL_DATA, "--mode=eval",
+           "--config.eval.save_predictions=true")
+  export_dir = tmp_path / "export"
+  main_job(workdir, f"--config={DEFAULT}:quick", *SMALL_DATA, "--mode=export",
+           f"--config.export.output_dir={export_dir}")
+  assert sorted(os.listdir(export_dir / "cpu")) == [
+      "decode_box_b8_p1.jax_exported", "decode_box_b8_p8.jax_exported",
+      "embed_b8.jax_exported"]
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "serving_parity.py"),
+                           str(export_dir), str(workdir)], capture_output=True, text=True,
+                          cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  compared = json.loads(result.stdout.strip().splitlines()[-1])
+  images = compared["images"]
+  assert images == len(os.listdir(workdir / "predictions")) > 8  # several batches
+  assert compared["same"] == {"masks": images, "scores": images, "iou": images}, compared
+  assert compared["input_sizes_match"] and not compared["flax_imported"]
+
+
+def test_best_step_becomes_a_self_contained_model_directory(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  directory = tmp_path / "model"
+  assert export.main(["--model", str(workdir / "best"), "--output", str(directory),
+                      "--model-directory"]) == 0
+  assert sorted(os.listdir(directory)) == ["model_spec.json", "variables"]
+  image, box = np.full((90, 120, 3), 128, np.uint8), np.array([10, 20, 80, 70])
+  outputs = []
+  for source in (directory, workdir):
+    predictor = SptPredictor.from_pretrained(str(source), relation_impl="xla")
+    predictor.set_image(image)
+    outputs.append(predictor.predict(box=box, return_logits=True)[0])
+  np.testing.assert_array_equal(*outputs)
 
 
 TRAIN_ONLY = [f"--config={DEFAULT}:quick", "--mode=train", *SMALL_DATA,

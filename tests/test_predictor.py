@@ -8,7 +8,8 @@ import pytest
 from small_models import TINY_SPEC
 from spt_jax.errors import SptUserError
 from spt_jax.models.sam import Sam, init_variables
-from spt_jax.predictor import PROMPT_BUCKETS, SamPredictor, prompt_chunks
+from spt_jax.buckets import chunks
+from spt_jax.predictor import PROMPT_BUCKETS, SamPredictor
 from spt_jax.pretrained import load_pretrained, save_pretrained
 
 
@@ -102,11 +103,11 @@ def test_load_pretrained_errors(tmp_path):
     load_pretrained(str(tmp_path))
 
 
-@pytest.mark.parametrize("count,chunks", [
+@pytest.mark.parametrize("count,expected", [
     (1, [(0, 1, 1)]), (2, [(0, 2, 8)]), (8, [(0, 8, 8)]),
     (9, [(0, 8, 8), (8, 9, 8)]), (20, [(0, 8, 8), (8, 16, 8), (16, 20, 8)])])
-def test_prompt_counts_map_to_the_buckets(count, chunks):
-  assert prompt_chunks(count, PROMPT_BUCKETS) == chunks
+def test_prompt_counts_map_to_the_buckets(count, expected):
+  assert chunks(count, PROMPT_BUCKETS) == expected
 
 
 def test_any_prompt_count_compiles_once_per_bucket_and_keeps_each_prompts_mask():

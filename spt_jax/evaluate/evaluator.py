@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from spt_jax import buckets
 from spt_jax import model_inputs
 from spt_jax import parallel
 from spt_jax import programs
@@ -180,7 +181,7 @@ class Evaluator:
           overlay_files.append(self._save_overlay(
               batch, b, predictions["low_res_logits"][b, :, 0], done + b))
         if self.config.eval.save_predictions:
-          self._save_predictions(batch, b, predictions)
+          self._save_predictions(batch, b, predictions, pipeline.config.manual_dir)
       done += len(batch["image"])
       if parallel.is_main_process():
         progress.update(done)
@@ -240,9 +241,12 @@ class Evaluator:
         scores={step: {name: float(metrics[name][b, s, p]) for name in MASK_METRICS}
                 for s, step in enumerate(self.steps)})
 
-  def _save_predictions(self, batch, b, predictions) -> None:
+  def _save_predictions(self, batch, b, predictions, source_root) -> None:
     """workdir/predictions/<source path, '/' as '__'>.npz: what the model predicted
-    for image b (PREDICTION_FILE_FIELDS)."""
+    for image b: scores and masks (steps, P, H0, W0), low_res_logits (steps, P, l, l),
+    iou (P,), its prompt (prompt_boxes, prompt_points, prompt_point_labels in
+    model-input pixels, prompt_valid), input_size, original_size, steps, category and
+    source_path (relative to source_root, the data set's folder)."""
     height, width = (int(x) for x in batch["original_size"][b])
     source = batch["source_path"][b].decode()
     prompt = {k: batch[k][b] for k in ("boxes", "points", "point_labels", "prompt_valid")}
@@ -250,7 +254,8 @@ class Evaluator:
     os.makedirs(directory, exist_ok=True)
     np.savez_compressed(
         os.path.join(directory, source.replace("/", "__") + ".npz"),
-        source_path=source, category=batch["category"][b].decode(),
+        source_path=source, source_root=str(source_root or ""),
+        category=batch["category"][b].decode(),
         steps=np.array(self.steps), input_size=batch["input_size"][b],
         original_size=batch["original_size"][b],
         scores=predictions["scores"][b, :, :, :height, :width],
@@ -311,10 +316,7 @@ class Evaluator:
 def _pad_rows(arrays, rows: int):
   """Pads every array's leading axis to `rows` by repeating its last row (a short last
   batch keeps the compiled shape and divides over the mesh); callers read the real rows."""
-  def pad(x):
-    missing = rows - x.shape[0]
-    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
-  return jax.tree_util.tree_map(pad, arrays)
+  return jax.tree_util.tree_map(lambda x: buckets.pad_repeating(x, rows), arrays)
 
 
 def _pixel_row(accumulator) -> dict[str, float]:

@@ -45,12 +45,16 @@ class TrainResult:
 
 
 def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
-          evaluate: Optional[EvaluateFn] = None) -> TrainResult:
+          evaluate: Optional[EvaluateFn] = None,
+          final_evaluate: Optional[EvaluateFn] = None) -> TrainResult:
   """Trains `setup.model`'s trainable variables on the mesh; returns the final variables.
 
   The frozen base and the trainable leaves are sharded by `mesh_spec.rules` (the
   optimizer state alongside its parameters), each process feeds its own shard of the
-  data, and the global batch is split over the mesh's batch axes.
+  data, and the global batch is split over the mesh's batch axes. `evaluate` runs
+  every train.eval_every_steps, `final_evaluate` once the last step is done (also when
+  a resumed run had nothing left to train); the best of their metrics by
+  train.best_metric is kept in workdir/best.
   """
   image_size = setup.model.spec.image_size
   pipeline = make_pipeline(to_data_config(config.data.train, image_size, num_epochs=None))
@@ -102,11 +106,16 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
       if preempted:
         checkpoints.wait()
         raise Preempted(step)
-      if evaluate and config.train.eval_every_steps and (
+      final = step == total_steps and final_evaluate is not None
+      if evaluate and config.train.eval_every_steps and not final and (
           step % config.train.eval_every_steps == 0 or step == total_steps):
         eval_metrics = evaluate(merge(state.trainable, frozen), step)
         checkpoints.save_best(state, iterator, eval_metrics)
     checkpoints.wait()
+    if final_evaluate is not None:
+      checkpoints.save_best(state, iterator,
+                            final_evaluate(merge(state.trainable, frozen), total_steps))
+      checkpoints.wait()
   finally:
     preemption.close()
     writer.close()
