@@ -6,7 +6,8 @@ r"""The embedded default: SPT on the generated anomaly set, the small pretrained
 Fine-tunes on the defect images of six generated categories and evaluates on three
 held-out ones, first SAM as it is (zero-shot), then after training. The variant is a
 comma-separated list: a method of spt_jax.config.METHODS (spt by default: zero_shot,
-decoder, lora, adapter, vpt, sdt, vra, spt) and/or 'quick' (a few steps, for tests).
+decoder, lora, adapter, vpt, sdt, vra, spt), 'quick' (a few steps, for tests) and/or
+'auto' (the prompt-free evaluation as well: spt_jax/evaluate/prompt_free.py).
 """
 
 from spt_jax import config as config_lib
@@ -14,6 +15,9 @@ from spt_jax.errors import SptUserError
 
 TRAIN_CATEGORIES = ("woven", "brushed_metal", "wood", "granular", "printed", "washer")
 HELD_OUT_CATEGORIES = ("wire_mesh", "plate", "capsule")
+# Variant 'auto' (prompt-free evaluation): normal images per held-out category for the
+# memory bank and its calibration (train split), and normal test images.
+NORMAL_TRAIN_IMAGES, NORMAL_TEST_IMAGES = 16, 12
 
 
 def get_config(arg: str = ""):
@@ -44,11 +48,15 @@ def get_config(arg: str = ""):
       config.train.log_every_steps = 1
       config.eval.num_overlays = 2
       config.eval.zero_shot_first = False
+    elif part == "auto":  # prompt-free evaluation too: more normal images to learn from
+      config.eval.prompts = "both"
+      config.data.eval.dataset_options.num_train = NORMAL_TRAIN_IMAGES
+      config.data.eval.dataset_options.num_test_good = NORMAL_TEST_IMAGES
     elif part in config_lib.METHODS:
       config_lib.apply_method(config, part)
     else:
-      raise SptUserError(f"configs/default.py: unknown variant {part!r}; expected 'quick' "
-                         f"and/or one of {sorted(config_lib.METHODS)}")
+      raise SptUserError(f"configs/default.py: unknown variant {part!r}; expected 'quick', "
+                         f"'auto' and/or one of {sorted(config_lib.METHODS)}")
   # Measured on this data (README, "The embedded default"): LoRA at alpha = rank learns
   # where the paper's alpha = 1 (scale 1/8) barely moves the tiny model in this budget.
   if config.model.adapters.lora_rank:

@@ -31,8 +31,14 @@ Fields:
                      workdir --mode=eval uses ('latest' or 'best'); zero_shot_first
                      evaluates SAM as it is before training, for the comparison;
                      save_predictions writes each image's masks, scores and prompt to
-                     workdir/predictions/<source path>.npz.
-  predict            images_dir, prompts_file, output_dir for --mode=predict.
+                     workdir/predictions/<source path>.npz; prompts (EVAL_PROMPTS) and
+                     auto (the prompt-free detector: DetectorSpec and ProposalSpec fields
+                     of spt_jax.inspection, and bank_split, the split whose normal
+                     images fill the memory banks).
+  predict            images_dir, prompts_file, output_dir for --mode=predict; without a
+                     prompts_file the defects are found first (spt_jax.inspection.folder:
+                     good_dir, a folder of normal images, or the workdir's memory bank
+                     of `category`).
   export             --mode=export (spt_jax.export): platforms, batch_sizes (empty: the
                      evaluation's batch size, so the export's numbers are --mode=eval's),
                      prompt kinds, prompt_buckets, output_dir (default workdir/export).
@@ -51,6 +57,8 @@ from spt_jax.data.builders.folder import FolderConfig
 from spt_jax.data.pipeline import DataConfig
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.errors import SptUserError
+from spt_jax.inspection.detector import DetectorSpec
+from spt_jax.inspection.proposals import ProposalSpec
 from spt_jax.models.config import AdapterSpec
 from spt_jax.parallel import mesh_config
 from spt_jax.spt.losses import LossSpec
@@ -58,6 +66,9 @@ from spt_jax.train.optimizer import OptimizerSpec
 from spt_jax.train.trainable import SPT_TRAINABLE
 
 MODES = ("train_and_eval", "train", "eval", "predict", "export")
+# eval.prompts: boxes/points from the ground truth (the paper's protocol), proposals of
+# a memory bank of normal images (spt_jax.evaluate.prompt_free), or both.
+EVAL_PROMPTS = ("ground_truth", "auto", "both")
 
 # The paper's comparison: what each method adds to SAM and what trains. A new PEFT
 # method is an adapter module (spt_jax/models) plus an entry here.
@@ -114,6 +125,13 @@ def data_defaults(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def prompt_free_defaults() -> ml_collections.ConfigDict:
+  """eval.auto: the detector's fields with its proposals' inlined, and bank_split."""
+  fields = {k: v for k, v in dataclasses.asdict(DetectorSpec()).items() if k != "proposals"}
+  return ml_collections.ConfigDict(dict(bank_split="train", **fields,
+                                        **dataclasses.asdict(ProposalSpec())))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (SPT on ViT-B at 1024, the paper's recipe)."""
   config = ml_collections.ConfigDict()
@@ -134,9 +152,10 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every_steps=100, keep_checkpoints=3, best_metric="final_iou", seed=0))
   config.eval = ml_collections.ConfigDict(dict(
       dilation_ratio=0.02, anomaly_metrics=True, score_bins=2 ** 19,
-      num_overlays=8, checkpoint="latest", zero_shot_first=False, save_predictions=False))
+      num_overlays=8, checkpoint="latest", zero_shot_first=False, save_predictions=False,
+      prompts="ground_truth", auto=prompt_free_defaults()))
   config.predict = ml_collections.ConfigDict(dict(
-      images_dir="", prompts_file="", output_dir=""))
+      images_dir="", prompts_file="", output_dir="", good_dir="", category=""))
   config.export = ml_collections.ConfigDict(dict(
       platforms=("cpu",), batch_sizes=(), prompts=("box",), prompt_buckets=(1, 8),
       output_dir=""))

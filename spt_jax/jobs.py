@@ -13,6 +13,7 @@ from spt_jax import parallel
 from spt_jax.data import builders
 from spt_jax.data.pipeline import folder_options
 from spt_jax.errors import SptUserError
+from spt_jax.evaluate import prompt_free
 from spt_jax.pretrained import load_spec
 from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
 
@@ -67,14 +68,26 @@ def check_config(config, mode: str) -> None:
   if mode in ("train_and_eval", "eval"):
     eval_data = config_lib.to_data_config(config.data.eval, image_size, num_epochs=1).check()
     _check_dataset_source("eval", eval_data)
+    if config.eval.prompts not in config_lib.EVAL_PROMPTS:
+      raise SptUserError(f"eval.prompts={config.eval.prompts!r}: expected one of "
+                         f"{config_lib.EVAL_PROMPTS}")
+    if config.eval.prompts != "ground_truth":
+      prompt_free.detector_spec(config)  # raises on a bad eval.auto field
+      if jax.process_count() > 1:
+        raise SptUserError("eval.prompts='auto'/'both': the prompt-free evaluation runs in "
+                           "one process; evaluate the trained workdir with --mode=eval "
+                           "on one host")
   if mode == "predict":
-    for field in ("images_dir", "prompts_file"):
-      if not config.predict[field]:
-        raise SptUserError(f"--mode=predict needs predict.{field}")
+    if not config.predict.images_dir:
+      raise SptUserError("--mode=predict needs predict.images_dir")
     if not os.path.isdir(config.predict.images_dir):
       raise SptUserError(f"predict.images_dir {config.predict.images_dir}: no such folder")
-    if not os.path.isfile(config.predict.prompts_file):
+    if config.predict.prompts_file and not os.path.isfile(config.predict.prompts_file):
       raise SptUserError(f"predict.prompts_file {config.predict.prompts_file}: no such file")
+    if not config.predict.prompts_file:
+      prompt_free.detector_spec(config)
+      if config.predict.good_dir and not os.path.isdir(config.predict.good_dir):
+        raise SptUserError(f"predict.good_dir {config.predict.good_dir}: no such folder")
 
 
 def run(config, workdir: str, mode: str) -> None:
@@ -83,20 +96,23 @@ def run(config, workdir: str, mode: str) -> None:
   from spt_jax.evaluate import reports
   from spt_jax.evaluate.evaluator import Evaluator
   from spt_jax.export import export_model
+  from spt_jax.inspection.folder import inspect_folder
   from spt_jax.predict_folder import predict_folder
   from spt_jax.train.loop import train
   # pylint: enable=g-import-not-at-top
   mesh_spec = parallel.MeshSpec.from_config(config.mesh)
   setup = setup_model(config, jax.random.PRNGKey(config.train.seed))
   evaluates = mode in ("train_and_eval", "eval")
+  with_ground_truth = evaluates and config.eval.prompts != "auto"
+  baseline = zero_shot_setup(setup, config)
   zero_shot = None
-  if evaluates and config.eval.zero_shot_first:
+  if with_ground_truth and config.eval.zero_shot_first:
     print("evaluating SAM as it is (zero-shot) on the evaluation data", flush=True)
-    baseline = zero_shot_setup(setup, config)
     zero_shot = Evaluator(config, baseline.model, os.path.join(workdir, "zero_shot"),
                           mesh_spec).run(
         baseline.variables)
-  evaluator = Evaluator(config, setup.model, workdir, mesh_spec) if evaluates else None
+  evaluator = (Evaluator(config, setup.model, workdir, mesh_spec) if with_ground_truth
+               else None)
   step, results = None, None  # the trained step evaluated, its evaluation
 
   def final_evaluation(trained_variables, trained_step):
@@ -123,9 +139,19 @@ def run(config, workdir: str, mode: str) -> None:
       print(f"\n{title}:\n{table}", flush=True)
       with open(os.path.join(workdir, "results.md"), "a") as f:
         f.write(f"\n# {title[0].upper() + title[1:]}\n\n{table}")
+  if evaluates and config.eval.prompts != "ground_truth":
+    models = {"zero-shot SAM": (baseline.model, baseline.variables)} if (
+        config.eval.zero_shot_first) else {}
+    models[config.method] = (setup.model, variables)
+    prompt_free.PromptFreeEvaluator(config, (baseline.model, baseline.variables),
+                                    workdir).run(models)
   if mode == "predict":
-    predict_folder(config, setup.model, variables,
-                   config.predict.output_dir or os.path.join(workdir, "predictions"))
+    output_dir = config.predict.output_dir or os.path.join(workdir, "predictions")
+    if config.predict.prompts_file:
+      predict_folder(config, setup.model, variables, output_dir)
+    else:
+      inspect_folder(config, setup.model, variables, baseline.model, baseline.variables,
+                     prompt_free.detector_spec(config), workdir, output_dir)
   if mode == "export":
     export_model(setup.model, variables, config.export.output_dir or
                  os.path.join(workdir, "export"), platforms=config.export.platforms,

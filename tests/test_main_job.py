@@ -200,6 +200,50 @@ def test_best_step_becomes_a_self_contained_model_directory(trained_workdir, tmp
   np.testing.assert_array_equal(*outputs)
 
 
+def test_prompt_free_evaluation_and_inspection_of_a_folder(trained_workdir, main_job,
+                                                           tmp_path):
+  """eval.prompts=auto: memory banks of the held-out categories' normal images, every
+  test image (normal ones too) scored, SPT and zero-shot SAM on the same boxes; then
+  --mode=predict on a folder with no prompts file, from a good_dir and from the bank."""
+  workdir, _ = trained_workdir
+  result = main_job(workdir, f"--config={DEFAULT}:quick,auto", *SMALL_DATA, "--mode=eval",
+                    "--config.eval.prompts=auto", "--config.eval.zero_shot_first=true",
+                    "--config.eval.num_overlays=2")
+  results = json.loads((workdir / "prompt_free" / "results.json").read_text())
+  categories = ["capsule", "plate", "wire_mesh"]
+  assert sorted(results["categories"]) == categories
+  for method in ("anomaly map", "zero-shot SAM", "spt"):
+    for metric, value in results["mean"][method].items():
+      assert 0 <= value <= 1, (method, metric, value)
+  assert sorted(os.listdir(workdir / "memory_bank")) == categories
+  assert len(os.listdir(workdir / "prompt_free" / "overlays")) == 2
+  assert "| **mean** | spt |" in result.stdout
+  good, images = tmp_path / "good", tmp_path / "images"
+  good.mkdir()
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  for n in range(6):
+    Image.fromarray(rng.integers(100, 110, (64, 80, 3), dtype=np.uint8)).save(
+        good / f"ok_{n}.png")
+  defective = rng.integers(100, 110, (64, 80, 3), dtype=np.uint8)
+  defective[20:40, 30:50] = 255
+  Image.fromarray(defective).save(images / "part.png")
+  for name, extra in (("from_good", f"--config.predict.good_dir={good}"),
+                      ("from_bank", "--config.predict.category=plate")):
+    out = tmp_path / name
+    main_job(workdir, f"--config={DEFAULT}:quick", "--mode=predict",
+             f"--config.predict.images_dir={images}", f"--config.predict.output_dir={out}",
+             extra)
+    table = json.loads((out / "predictions.json").read_text())
+    assert set(table) == {"part.png"} and isinstance(table["part.png"]["image_score"], float)
+    mask = np.asarray(Image.open(out / "part_mask.png"))
+    assert mask.shape == (64, 80) and (out / "part_overlay.png").exists()
+  assert (tmp_path / "from_good" / "memory_bank" / "detector.json").exists()
+  failed = main_job(workdir, f"--config={DEFAULT}:quick", "--mode=predict",
+                    f"--config.predict.images_dir={images}", expect_code=2)
+  assert "name one with predict.category" in failed.stderr
+
+
 TRAIN_ONLY = [f"--config={DEFAULT}:quick", "--mode=train", *SMALL_DATA,
               "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=1",
               "--config.train.log_every_steps=1"]

@@ -74,11 +74,21 @@ def step_colour(step: str, index: int) -> tuple[int, int, int]:
   return STEP_COLOURS.get(step, OTHER_STEP_COLOURS[index % len(OTHER_STEP_COLOURS)])
 
 
+def heat_colours(values: np.ndarray) -> np.ndarray:
+  """(H, W) values in [0, 1] -> (H, W, 3) uint8 on a blue - green - red ramp."""
+  v = np.clip(values, 0, 1)[..., None]
+  ramp = np.concatenate([np.clip(2 * v - 1, 0, 1), 1 - np.abs(2 * v - 1),
+                         np.clip(1 - 2 * v, 0, 1)], axis=-1)
+  return np.round(ramp * 255).astype(np.uint8)
+
+
 def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
                    gt: Optional[np.ndarray] = None, *, box: Optional[np.ndarray] = None,
                    points: Optional[np.ndarray] = None,
                    point_labels: Optional[np.ndarray] = None,
-                   prompt_per_panel: bool = False) -> np.ndarray:
+                   prompt_per_panel: bool = False,
+                   heatmap: Optional[np.ndarray] = None,
+                   heatmap_threshold: Optional[float] = None) -> np.ndarray:
   """The overlay as a (T + H, P * W, 3) uint8 array (P panels, T = `title_height`).
 
   Args:
@@ -92,6 +102,9 @@ def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
     prompt_per_panel: the prompts' leading axis runs over the predictions (one prompt
       each, e.g. one mask per box): each prediction's panel shows its own prompt, the
       image panel all of them. Else every panel shows every prompt.
+    heatmap: (H, W) anomaly scores, shown after the ground truth as an "anomaly map"
+      panel (colours from 0 to 1.5 x heatmap_threshold, or to its maximum), with the
+      contour of the pixels above heatmap_threshold when given.
   """
   image = np.asarray(image)
   predictions = {step: np.asarray(mask, bool) for step, mask in predictions.items()}
@@ -115,6 +128,15 @@ def render_overlay(image: np.ndarray, predictions: Mapping[str, np.ndarray],
     gt_panel = image.copy()
     gt_panel[contour(gt, thickness)] = GT_COLOUR
     panels.append(("ground truth", gt_panel, every))
+  if heatmap is not None:
+    heatmap = np.asarray(heatmap, np.float32)
+    _check(image, {"heatmap": heatmap}, None, None, None)
+    top = 1.5 * heatmap_threshold if heatmap_threshold else float(heatmap.max())
+    panel = np.round(0.5 * image + 0.5 * heat_colours(heatmap / max(top, 1e-12))).astype(
+        np.uint8)
+    if heatmap_threshold is not None:
+      panel[contour(heatmap > heatmap_threshold, thickness)] = (255, 255, 255)
+    panels.append(("anomaly map", panel, every))
   for index, (step, mask) in enumerate(predictions.items()):
     colour = step_colour(step, index)
     panel = image.copy()

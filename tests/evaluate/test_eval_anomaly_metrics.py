@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage, stats
 
 from spt_jax.errors import SptUserError
-from spt_jax.evaluate.anomaly_metrics import PixelScoreAccumulator
+from spt_jax.evaluate.anomaly_metrics import F1Counter, PixelScoreAccumulator, image_auroc
 
 
 def exact_auroc(scores, gt):
@@ -191,3 +191,40 @@ def test_bad_inputs_name_the_argument():
     accumulator.add(np.zeros((4, 4)), np.zeros((4, 5), bool))
   with pytest.raises(SptUserError, match="max_fpr"):
     accumulator.aupro(max_fpr=0)
+
+
+def test_metrics_over_all_images_include_the_good_ones():
+  """Prompt-free evaluation adds the good images (no defect pixel): their pixels count
+  as normal in AUROC and AUPRO exactly as a direct computation over all images does."""
+  scores, gts = sam_like(5)
+  rng = np.random.default_rng(6)
+  good = [(1 / (1 + np.exp(-rng.normal(-11, 4, (48, 64))))).astype(np.float32)
+          for _ in range(4)]
+  all_scores, all_gts = scores + good, gts + [np.zeros((48, 64), bool)] * 4
+  accumulator = accumulate(all_scores, all_gts)
+  bounds = accumulator.error_bounds()
+  assert abs(accumulator.auroc() - exact_auroc(np.stack(all_scores), np.stack(all_gts))) <= (
+      max(bounds["auroc"], 1e-9))
+  assert abs(accumulator.aupro() - exact_aupro(all_scores, all_gts)) <= max(
+      bounds["aupro"], 1e-9)
+  assert accumulator.auroc() != accumulate(scores, gts).auroc()  # the good ones count
+
+
+def test_image_auroc_equals_the_pairwise_definition():
+  rng = np.random.default_rng(3)
+  scores = np.round(rng.normal(size=40), 1)  # ties
+  labels = rng.random(40) < 0.4
+  pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
+           for p in scores[labels] for n in scores[~labels]]
+  assert image_auroc(scores, labels) == pytest.approx(np.mean(pairs), abs=1e-12)
+  assert np.isnan(image_auroc(scores[labels], labels[labels]))
+  with pytest.raises(SptUserError, match="expected two"):
+    image_auroc(scores, labels[:3])
+
+
+def test_f1_counts_every_pixel_added():
+  counter = F1Counter()
+  counter.add(np.array([[1, 1, 0]]), np.array([[1, 0, 0]]))
+  counter.add(np.array([[0, 0]]), np.array([[1, 0]]))
+  assert counter.f1() == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+  assert np.isnan(F1Counter().f1())

@@ -1,0 +1,1 @@
+"""Prompt-free inspection: anomaly proposals from normal images, then SPT masks."""
