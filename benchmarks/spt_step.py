@@ -1,7 +1,8 @@
 r"""SPT on ViT-B at 1024 on this machine: forward, train step, and the PyTorch reference.
 
     python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1] \
-        [--host-malloc keep|system|auto] [--attention auto,chunked] [--remat none]
+        [--host-malloc keep|system|auto] [--attention auto,chunked] [--remat none] \
+        [--cpu-scheduler default,memory_optimized]
 
 Measures, after a warm-up, the minimum of several runs of
   - the spt_jax SPT forward (encoder + draft + refine) and its train step (forward,
@@ -11,9 +12,13 @@ Measures, after a warm-up, the minimum of several runs of
   - an independent PyTorch SPT (Meta's modules + LoRA + VRA + SDT, tests/spt_reference)
     forward on the same weights and input;
 and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the compiled
-temp memory of both JAX programs and the process's peak RSS.
+temp memory of both JAX programs and the process's peak RSS. `--attention`, `--remat`
+(`model.remat`) and `--cpu-scheduler` (XLA:CPU's instruction scheduler, set per
+program: `spt_jax.parallel.cpu_scheduler`) take comma lists; every combination is
+one row, all measured in this one process.
 """
 
+import itertools
 import resource
 
 import jax
@@ -23,6 +28,7 @@ import numpy as np
 from benchmarks.common import (min_time, reference_benchmark_parser, start_reference_benchmark,
                                timed)
 from spt_jax.data.prompts import PromptConfig
+from spt_jax.parallel import cpu_scheduler
 from spt_jax.models.config import sam_preset
 from spt_jax.models.prompts import Prompts
 from spt_jax.models.sam import init_variables
@@ -42,9 +48,13 @@ def _mib(num_bytes):
 def main():
   parser = reference_benchmark_parser(__doc__, runs=2)
   parser.add_argument("--prompts", type=int, default=1, help="box prompts on the image")
-  parser.add_argument("--remat", default="none", help="model.remat: none, blocks, ...")
+  parser.add_argument("--remat", default="none",
+                      help="model.remat: none, blocks, ...; comma list")
   parser.add_argument("--attention", default="auto,chunked",
                       help="the encoder's global attention implementations, comma list")
+  parser.add_argument("--cpu-scheduler", default="default",
+                      help=f"XLA:CPU scheduler: {', '.join(cpu_scheduler.SCHEDULERS)}; "
+                      "comma list")
   args, malloc_note, reference = start_reference_benchmark(parser)
 
   torch = reference.torch
@@ -66,15 +76,17 @@ def main():
   prompt_config = PromptConfig(max_prompts=args.prompts, per_region=args.prompts > 1)
 
   rows = []
-  for attention in args.attention.split(","):
-    model = Spt(spec, relation_impl="xla", remat=args.remat,
+  for attention, remat, scheduler in itertools.product(
+      args.attention.split(","), args.remat.split(","), args.cpu_scheduler.split(",")):
+    options = cpu_scheduler.compiler_options(scheduler)
+    model = Spt(spec, relation_impl="xla", remat=remat,
                 global_attention_impl=attention)
     variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
                                         "torch SPT", SPT_LAYOUT)
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     forward = jax.jit(model.apply)
     compiled_forward, forward_compile = timed(lambda: forward.lower(
-        variables, image, prompts).compile())  # pylint: disable=cell-var-from-loop
+        variables, image, prompts).compile(options))  # pylint: disable=cell-var-from-loop
     forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
         variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
     trainable, frozen = partition(variables, SPT_TRAINABLE)
@@ -83,10 +95,10 @@ def main():
     train_step = jax.jit(step_lib.make_train_step(model, optimizer, LossSpec(),
                                                   prompt_config))
     compiled_step, step_compile = timed(lambda: train_step.lower(
-        train_state, frozen, batch).compile())  # pylint: disable=cell-var-from-loop
+        train_state, frozen, batch).compile(options))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
-    rows.append((attention, forward_time, forward_compile,
+    rows.append((f"{attention} | {remat} | {scheduler}", forward_time, forward_compile,
                  compiled_forward.memory_analysis().temp_size_in_bytes, step_time,
                  step_compile, compiled_step.memory_analysis().temp_size_in_bytes))
 
@@ -96,12 +108,12 @@ def main():
 
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
   print(f"{args.model}, {size}x{size}, {args.prompts} box prompt(s), float32, "
-        f"remat {args.remat}, devices {jax.devices()}, torch threads {torch.get_num_threads()}, "
-        f"{malloc_note}")
+        f"devices {jax.devices()}, torch threads {torch.get_num_threads()}, {malloc_note}")
   print(f"torch SPT forward: {torch_time:.2f} s")
-  print("| global attention | jax forward s | temp MiB | train step s | temp MiB | "
-        "step / forward (goal <= 2.5) | torch / jax forward (goal >= 1.5) | compile s |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| global attention | remat | CPU scheduler | jax forward s | temp MiB | "
+        "train step s | temp MiB | step / forward (goal <= 2.5) | torch / jax forward "
+        "(goal >= 1.5) | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for attention, fwd, fwd_compile, fwd_temp, step, step_compile, step_temp in rows:
     print(f"| {attention} | {fwd:.2f} | {_mib(fwd_temp):,.0f} | {step:.2f} | "
           f"{_mib(step_temp):,.0f} | {step / fwd:.2f} | {torch_time / fwd:.2f} | "

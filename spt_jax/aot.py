@@ -117,3 +117,106 @@ def figures(compiled) -> Figures:
       outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
       mosaic_calls=text.count(MOSAIC_CALL), triton_calls=text.count(TRITON_CALL),
       collectives={kind: counts[kind] for kind in COLLECTIVES if counts[kind]})
+
+
+# --- HBM traffic of a compiled program, loops counted with their trip counts ---------
+# cost_analysis() counts a while loop's body once; this walks the optimised HLO text
+# and multiplies each body by its known trip count.
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s4": 0.5, "u4": 0.5, "bf16": 2, "f16": 2,
+                "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
+                "u64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,<=]*)\](\{[^}]*\})?")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (.*?) ([\w\-]+)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)"
+                     r"=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+         "partition-id", "replica-id", "opt-barrier", "add-dependency"}
+
+
+def _array_bytes(text: str) -> float:
+  """Bytes of the arrays written in `text` (shapes such as f32[8,16]{1,0}), leaving
+  out those placed in a memory space other than HBM (layout ...S(n))."""
+  total = 0.0
+  for dtype, dims, layout in _ARRAY.findall(text):
+    if dtype not in _DTYPE_BYTES or (layout and ":S(" in layout):
+      continue
+    count = 1
+    for dim in filter(None, dims.split(",")):
+      count *= int(dim.replace("<=", ""))
+    total += count * _DTYPE_BYTES[dtype]
+  return total
+
+
+def _split_operands(rest: str) -> tuple[str, str]:
+  """'operands), attributes' -> (operands, attributes), by matching parentheses."""
+  depth = 1
+  for position, char in enumerate(rest):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if depth == 0:
+      return rest[:position], rest[position + 1:]
+  return rest, ""
+
+
+def _computations(text: str) -> tuple[dict[str, list[str]], str]:
+  """({computation name: its instruction lines}, the entry computation's name)."""
+  computations, entry, current = {}, None, None
+  for line in text.splitlines():
+    if current is None:
+      match = _COMPUTATION.match(line)
+      if match:
+        current = match.group(1)
+        computations[current] = []
+        entry = current if line.startswith("ENTRY") else entry
+    elif line.startswith("}"):
+      current = None
+    else:
+      computations[current].append(line)
+  return computations, entry
+
+
+def hbm_traffic(text: str) -> tuple[float, int]:
+  """(bytes read and written from HBM, loops without a known trip count) of a compiled
+  program's optimised HLO text (`compiled.as_text()`): every top-level instruction of
+  the entry computation and of the computations it calls reads its operands and
+  writes its result (a fusion or kernel call once, not its inside), a while loop's
+  body and condition counted `known_trip_count` times (once if unknown), a conditional
+  as its costliest branch."""
+  computations, entry = _computations(text)
+  unknown = [0]
+  cache = {}
+
+  def cost(name: str) -> float:
+    if name in cache:
+      return cache[name]
+    total = 0.0
+    for line in computations.get(name, []):
+      match = _INSTRUCTION.match(line)
+      if not match:
+        continue
+      shape, opcode, rest = match.groups()
+      operands, attributes = _split_operands(rest)
+      called = dict(_CALLED.findall(attributes))
+      if opcode in _FREE or opcode.endswith("-done"):
+        continue
+      if opcode == "while":
+        trips = _TRIP_COUNT.search(attributes)
+        unknown[0] += trips is None
+        total += int(trips.group(1) if trips else 1) * (
+            cost(called["body"]) + cost(called["condition"]))
+      elif opcode == "conditional":
+        branches = _BRANCHES.search(attributes)
+        names = ([b.strip().lstrip("%") for b in branches.group(1).split(",")] if branches
+                 else [called[k] for k in ("true_computation", "false_computation")])
+        total += max(cost(branch) for branch in names)
+      elif opcode == "call":
+        total += cost(called["to_apply"])
+      else:
+        total += _array_bytes(shape) + _array_bytes(operands)
+    cache[name] = total
+    return total
+
+  return cost(entry), unknown[0]

@@ -12,7 +12,9 @@ Fields:
   model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
   model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
   model.relation_impl, global_attention_impl, dtype, remat, query_chunk: see
-                     spt_jax.spt.model / models.sam.
+                     spt_jax.spt.model / models.sam; cpu_scheduler: XLA:CPU's scheduler
+                     on a CPU mesh (spt_jax.parallel.cpu_scheduler; 'auto': the
+                     memory-optimised one for train steps).
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
                      steps and trainable rules of SPT or a baseline.
   trainable          regexes on 'collection/module/.../leaf' paths that train (empty:
@@ -140,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
       base="", type="vit_b",
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
       sdt_steps=2, relation_impl="auto", global_attention_impl="auto", dtype="float32",
-      remat="none", query_chunk=1024))
+      remat="none", cpu_scheduler="auto", query_chunk=1024))
   config.trainable = SPT_TRAINABLE
   config.data = ml_collections.ConfigDict()
   config.data.train = data_defaults(augment=True, shuffle=True, drop_remainder=True)

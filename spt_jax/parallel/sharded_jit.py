@@ -19,7 +19,7 @@ process. Typical use (the whole variables tree is sharded first, then split like
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -51,8 +51,10 @@ def train_state_shardings(state: TrainState, trainable_shardings: Any,
 
 def sharded_jit(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
                 rules: ShardingRules = ShardingRules(),
-                donate_argnums: Sequence[int] = ()) -> Callable:
-  """`jax.jit(fn)` with these shardings and the activation constraints of `rules`."""
+                donate_argnums: Sequence[int] = (),
+                compiler_options: Optional[dict[str, str]] = None) -> Callable:
+  """`jax.jit(fn)` with these shardings and the activation constraints of `rules`;
+  `compiler_options` for XLA (e.g. `cpu_scheduler.options_for`)."""
 
   @functools.wraps(fn)  # the program keeps fn's name (compile notices, profiles)
   def constrained(*args):
@@ -60,12 +62,14 @@ def sharded_jit(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
       return fn(*args)
 
   return jax.jit(constrained, in_shardings=in_shardings, out_shardings=out_shardings,
-                 donate_argnums=tuple(donate_argnums))
+                 donate_argnums=tuple(donate_argnums),
+                 compiler_options=compiler_options or None)
 
 
 def make_sharded_train_step(train_step: Callable, mesh: Mesh, state_shardings: TrainState,
                             frozen_shardings: Any, batch_sharding: NamedSharding,
-                            rules: ShardingRules = ShardingRules()) -> Callable:
+                            rules: ShardingRules = ShardingRules(),
+                            compiler_options: Optional[dict[str, str]] = None) -> Callable:
   """(state, frozen, global batch) -> (state, metrics), compiled for `mesh`.
 
   Args:
@@ -75,6 +79,8 @@ def make_sharded_train_step(train_step: Callable, mesh: Mesh, state_shardings: T
     frozen_shardings: of the frozen variables (the frozen half of `shard_tree`).
     batch_sharding: from `batch_sharding(mesh, rules)`.
     rules: for the activation constraints.
+    compiler_options: for XLA.
   """
   return sharded_jit(train_step, mesh, (state_shardings, frozen_shardings, batch_sharding),
-                     (state_shardings, replicated(mesh)), rules, donate_argnums=(0,))
+                     (state_shardings, replicated(mesh)), rules, donate_argnums=(0,),
+                     compiler_options=compiler_options)

@@ -70,7 +70,8 @@ def train(config, workdir: str, setup: ModelSetup, mesh_spec: parallel.MeshSpec,
                           "step_weights": tuple(config.loss.step_weights)})
   program = sharded_train_step(setup.model, setup.variables, config.trainable, optimizer,
                                loss_spec, pipeline.config.prompt,
-                               parallel.make_mesh(mesh_spec), mesh_spec.rules)
+                               parallel.make_mesh(mesh_spec), mesh_spec.rules,
+                               config.model.cpu_scheduler)
   state, frozen = program.initial_state(setup.variables,
                                         jax.random.PRNGKey(config.train.seed))
   iterator = iter(pipeline)

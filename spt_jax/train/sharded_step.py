@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 import optax
 
 from spt_jax import parallel
+from spt_jax.parallel import cpu_scheduler
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train import step as step_lib
@@ -65,9 +66,10 @@ def _abstract_state(trainable, optimizer) -> step_lib.TrainState:
 def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
                        optimizer: optax.GradientTransformation, loss_spec: LossSpec,
                        prompt_config: PromptConfig, mesh: Mesh,
-                       rules: parallel.ShardingRules = parallel.ShardingRules()
-                       ) -> ShardedTrainStep:
-  """The sharded train step of `model` for `variables` (arrays or ShapeDtypeStructs)."""
+                       rules: parallel.ShardingRules = parallel.ShardingRules(),
+                       scheduler: str = "auto") -> ShardedTrainStep:
+  """The sharded train step of `model` for `variables` (arrays or ShapeDtypeStructs);
+  `scheduler`: XLA:CPU's scheduler on a CPU mesh (`parallel.cpu_scheduler`)."""
   shardings = parallel.shard_tree(variables, mesh, rules)
   trainable_shardings, frozen_shardings = partition(shardings, trainable_patterns)
   trainable, _ = partition(variables, trainable_patterns)
@@ -76,7 +78,8 @@ def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
   batch_sharding = parallel.batch_sharding(mesh, rules)
   step = parallel.make_sharded_train_step(
       step_lib.make_train_step(model, optimizer, loss_spec, prompt_config), mesh,
-      state_shardings, frozen_shardings, batch_sharding, rules)
+      state_shardings, frozen_shardings, batch_sharding, rules,
+      cpu_scheduler.options_for(mesh, scheduler, training=True))
   return ShardedTrainStep(step, optimizer, tuple(trainable_patterns), shardings,
                           trainable_shardings, frozen_shardings, state_shardings,
                           batch_sharding)
