@@ -19,7 +19,10 @@ Per chip, from `compiled.memory_analysis()`: arguments (this chip's shards of th
 frozen base, the train state and the batch), temp (XLA's temporaries), peak
 (arguments + temp + outputs not aliased to donated arguments) against the chip's HBM;
 the fused kernel calls in the compiled program (Mosaic), its collectives by kind, and
-the compile time on this host.
+the compile time on this host; its HBM traffic per chip with every loop counted by its
+trip count (`aot.hbm_traffic`: each top-level instruction's operands and result in
+HBM, an estimate), and that traffic's time at the HBM bandwidth of a v5e chip and of an
+H100 (the memory side of a roofline: both programs are memory-bound, README).
 """
 
 import argparse
@@ -45,6 +48,7 @@ from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.trainable import SPT_TRAINABLE
 
 GIB = 2 ** 30
+HBM_BANDWIDTH = {"v5e": 819e9, "H100": 3.35e12}  # bytes/s, the vendors' figures
 ABBREVIATIONS = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS",
                  "all-to-all": "A2A", "collective-permute": "CP"}
 
@@ -100,10 +104,12 @@ def main():
         f"{args.prompts} box prompts each in training (1 in eval); GiB per chip, compiled "
         "by libtpu")
   header = ("| model | program | dtype | attention | remat | mesh d x f x m | args | temp | "
-            "peak | fits | Mosaic calls | collectives | compile s |")
+            "peak | fits | Mosaic calls | collectives | HBM GB | ms at v5e / H100 HBM | "
+            "compile s |")
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   meshes = [tuple(int(s) for s in m.split("x")) for m in args.mesh.split(",")]
+  print("(HBM GB*: a loop of unknown trip count counted once)")
   for model_name in args.model.split(","):
     for program in args.programs.split(","):
       for dtype, attention, remat, mesh_shape in itertools.product(
@@ -118,7 +124,10 @@ def main():
               f"{'x'.join(map(str, mesh_shape))} | {gib(figures.arguments)} | "
               f"{gib(figures.temp)} | {gib(figures.peak)} | "
               f"{'yes' if figures.peak <= hbm else 'NO'} | {figures.mosaic_calls} | "
-              f"{collectives} | {seconds:.0f} |", flush=True)
+              f"{collectives} | {figures.hbm_bytes / 1e9:.1f}"
+              f"{'*' if figures.unknown_trip_loops else ''} | "
+              f"{' / '.join(f'{figures.hbm_bytes / bw * 1e3:.0f}' for bw in HBM_BANDWIDTH.values())}"
+              f" | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

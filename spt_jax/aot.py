@@ -93,6 +93,8 @@ class Figures:
   peak: arguments + temporaries + outputs not aliased to (donated) arguments.
   mosaic_calls / triton_calls: fused kernel calls in the compiled program.
   collectives: {kind: count} of the cross-device operations.
+  hbm_bytes: HBM traffic per device with loops counted by their trip counts
+    (`hbm_traffic`); unknown_trip_loops: loops counted once, their trip count unknown.
   """
   arguments: int
   temp: int
@@ -101,6 +103,8 @@ class Figures:
   mosaic_calls: int
   triton_calls: int
   collectives: dict[str, int]
+  hbm_bytes: float = 0.0
+  unknown_trip_loops: int = 0
 
   @property
   def peak(self) -> int:
@@ -116,20 +120,23 @@ def figures(compiled) -> Figures:
       arguments=memory.argument_size_in_bytes, temp=memory.temp_size_in_bytes,
       outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
       mosaic_calls=text.count(MOSAIC_CALL), triton_calls=text.count(TRITON_CALL),
-      collectives={kind: counts[kind] for kind in COLLECTIVES if counts[kind]})
+      collectives={kind: counts[kind] for kind in COLLECTIVES if counts[kind]},
+      **dict(zip(("hbm_bytes", "unknown_trip_loops"), hbm_traffic(text))))
 
 
 # --- HBM traffic of a compiled program, loops counted with their trip counts ---------
 # cost_analysis() counts a while loop's body once; this walks the optimised HLO text
-# and multiplies each body by its known trip count.
+# and multiplies each body by its trip count.
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s4": 0.5, "u4": 0.5, "bf16": 2, "f16": 2,
                 "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
                 "u64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,<=]*)\](\{[^}]*\})?")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (.*?) ([\w\-]+)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_OPERAND = re.compile(r"%([\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_INT_CONSTANT = re.compile(r"[su](?:32|64)\[\]\S* constant\((\d+)\)")
 _CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)"
                      r"=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
@@ -137,12 +144,12 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "afte
          "partition-id", "replica-id", "opt-barrier", "add-dependency"}
 
 
-def _array_bytes(text: str) -> float:
-  """Bytes of the arrays written in `text` (shapes such as f32[8,16]{1,0}), leaving
-  out those placed in a memory space other than HBM (layout ...S(n))."""
+def _array_bytes(shape: str) -> float:
+  """Bytes of the arrays of a shape (e.g. f32[8,16]{1,0} or a tuple of them), leaving
+  out those placed in a memory space other than HBM (layout ...S(n), e.g. VMEM)."""
   total = 0.0
-  for dtype, dims, layout in _ARRAY.findall(text):
-    if dtype not in _DTYPE_BYTES or (layout and ":S(" in layout):
+  for dtype, dims, layout in _ARRAY.findall(shape):
+    if dtype not in _DTYPE_BYTES or (layout and "S(" in layout):
       continue
     count = 1
     for dim in filter(None, dims.split(",")):
@@ -178,13 +185,24 @@ def _computations(text: str) -> tuple[dict[str, list[str]], str]:
   return computations, entry
 
 
+def _trip_count(attributes: str, condition: list[str]) -> int | None:
+  """A while loop's trip count: XLA's known_trip_count, else the integer constant its
+  condition compares the counter with (loops from 0 by 1, as scans lower); None when
+  neither is there."""
+  known = _TRIP_COUNT.search(attributes)
+  if known:
+    return int(known.group(1))
+  constants = [int(c) for line in condition for c in _INT_CONSTANT.findall(line)]
+  return max(constants) if constants else None
+
+
 def hbm_traffic(text: str) -> tuple[float, int]:
-  """(bytes read and written from HBM, loops without a known trip count) of a compiled
-  program's optimised HLO text (`compiled.as_text()`): every top-level instruction of
-  the entry computation and of the computations it calls reads its operands and
-  writes its result (a fusion or kernel call once, not its inside), a while loop's
-  body and condition counted `known_trip_count` times (once if unknown), a conditional
-  as its costliest branch."""
+  """(bytes read and written from HBM, loops of unknown trip count, counted once) of a
+  compiled program's optimised HLO text (`compiled.as_text()`): every top-level
+  instruction of the entry computation and of the computations it calls reads its
+  operands and writes its result (a fusion or kernel call as a whole, not its inside;
+  arrays placed outside HBM left out), a while loop's body and condition counted
+  `_trip_count` times, a conditional as its costliest branch."""
   computations, entry = _computations(text)
   unknown = [0]
   cache = {}
@@ -192,21 +210,18 @@ def hbm_traffic(text: str) -> tuple[float, int]:
   def cost(name: str) -> float:
     if name in cache:
       return cache[name]
+    parsed = [m.groups() for m in map(_INSTRUCTION.match, computations.get(name, [])) if m]
+    shapes = {result: shape for result, shape, _, _ in parsed}
     total = 0.0
-    for line in computations.get(name, []):
-      match = _INSTRUCTION.match(line)
-      if not match:
-        continue
-      shape, opcode, rest = match.groups()
+    for _, shape, opcode, rest in parsed:
       operands, attributes = _split_operands(rest)
       called = dict(_CALLED.findall(attributes))
       if opcode in _FREE or opcode.endswith("-done"):
         continue
       if opcode == "while":
-        trips = _TRIP_COUNT.search(attributes)
+        trips = _trip_count(attributes, computations.get(called["condition"], []))
         unknown[0] += trips is None
-        total += int(trips.group(1) if trips else 1) * (
-            cost(called["body"]) + cost(called["condition"]))
+        total += (trips or 1) * (cost(called["body"]) + cost(called["condition"]))
       elif opcode == "conditional":
         branches = _BRANCHES.search(attributes)
         names = ([b.strip().lstrip("%") for b in branches.group(1).split(",")] if branches
@@ -215,7 +230,8 @@ def hbm_traffic(text: str) -> tuple[float, int]:
       elif opcode == "call":
         total += cost(called["to_apply"])
       else:
-        total += _array_bytes(shape) + _array_bytes(operands)
+        total += _array_bytes(shape) + sum(_array_bytes(shapes.get(operand, ""))
+                                           for operand in _OPERAND.findall(operands))
     cache[name] = total
     return total
 
