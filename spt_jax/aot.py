@@ -140,6 +140,7 @@ _INT_CONSTANT = re.compile(r"[su](?:32|64)\[\]\S* constant\((\d+)\)")
 _CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)"
                      r"=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_KERNEL_BYTES = re.compile(r'"cost_estimate":\{[^}]*"bytes_accessed":"(\d+)"')
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
          "partition-id", "replica-id", "opt-barrier", "add-dependency"}
 
@@ -200,9 +201,10 @@ def hbm_traffic(text: str) -> tuple[float, int]:
   """(bytes read and written from HBM, loops of unknown trip count, counted once) of a
   compiled program's optimised HLO text (`compiled.as_text()`): every top-level
   instruction of the entry computation and of the computations it calls reads its
-  operands and writes its result (a fusion or kernel call as a whole, not its inside;
-  arrays placed outside HBM left out), a while loop's body and condition counted
-  `_trip_count` times, a conditional as its costliest branch."""
+  operands and writes its result (a fusion as a whole, not its inside; arrays placed
+  outside HBM left out), a kernel call (Mosaic) its own `pl.CostEstimate` bytes (which
+  count the blocks it reads again), a while loop's body and condition `_trip_count`
+  times, a conditional as its costliest branch."""
   computations, entry = _computations(text)
   unknown = [0]
   cache = {}
@@ -229,6 +231,8 @@ def hbm_traffic(text: str) -> tuple[float, int]:
         total += max(cost(branch) for branch in names)
       elif opcode == "call":
         total += cost(called["to_apply"])
+      elif opcode == "custom-call" and _KERNEL_BYTES.search(attributes):
+        total += int(_KERNEL_BYTES.search(attributes).group(1))  # a kernel's re-reads too
       else:
         total += _array_bytes(shape) + sum(_array_bytes(shapes.get(operand, ""))
                                            for operand in _OPERAND.findall(operands))

@@ -24,7 +24,7 @@ def _load(path, variant):
 
 def variants(path):
   if path.endswith("default.py"):
-    return ["", "quick"] + [f"{m},quick" for m in config_lib.METHODS]
+    return ["", "quick", "auto,quick"] + [f"{m},quick" for m in config_lib.METHODS]
   if path.endswith("folder.py"):  # the data folder, then the model variant
     return ["/data/line", "/data/line,vit_b", "/data/line,vit_h"]
   return ["", "vit_b", "vit_l", "vit_h"]

@@ -58,3 +58,12 @@ def test_a_scanned_program_counts_every_iteration():
   text = jax.jit(f).lower(x, x).compile().as_text()
   traffic, unknown = aot.hbm_traffic(text)
   assert unknown == 0 and traffic >= 8 * 3 * 256 * 256 * 4  # c and w in, c out per trip
+
+
+def test_kernel_calls_count_their_own_cost_estimate():
+  line = ('  %k = f32[256]{0} custom-call(%a), custom_call_target="tpu_custom_call", '
+          'backend_config={"custom_call_config": {"cost_estimate":{"flops":"9",'
+          '"bytes_accessed":"123456"}}}\n')
+  module = MODULE.replace("  ROOT %sum = f32[256]{0} add(%out, %v)\n",
+                          line + "  ROOT %sum = f32[256]{0} add(%out, %v)\n")
+  assert aot.hbm_traffic(module)[0] == aot.hbm_traffic(MODULE)[0] + 123456
