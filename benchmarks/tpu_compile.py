@@ -2,7 +2,7 @@ r"""What one TPU chip holds for the full-size SPT train step and evaluation, com
 
     python -m benchmarks.tpu_compile --model vit_b --topology v5e:2x4 --mesh 2x2x2 \
         [--images 8] [--prompts 8] [--dtype float32] [--remat none] \
-        [--programs train,eval] [--attention auto]
+        [--programs train,eval] [--attention auto] [--traffic-sources 0]
 
 Compiles with the real TPU compiler (libtpu, compile-only devices of the slice: see
 spt_jax/aot.py; nothing is allocated) the programs the main job runs on that slice,
@@ -23,6 +23,8 @@ the compile time on this host; its HBM traffic per chip with every loop counted 
 trip count (`aot.hbm_traffic`: each top-level instruction's operands and result in
 HBM, an estimate), and that traffic's time at the HBM bandwidth of a v5e chip and of an
 H100 (the memory side of a roofline: both programs are memory-bound, README).
+`--traffic-sources N` lists after each row the N places in the model that move the
+most of that traffic (`aot.hbm_traffic_by_source`).
 """
 
 import argparse
@@ -55,7 +57,8 @@ ABBREVIATIONS = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS",
 
 def compile_program(program: str, model_name: str, dtype: str, attention: str, remat: str,
                     mesh_shape, devices, args):
-  """(figures, compile seconds) of one program of `model_name` on the mesh."""
+  """(figures, compile seconds, the compiled program's optimised HLO text) of one
+  program of `model_name` on the mesh."""
   model = Spt(sam_preset(model_name), dtype=jnp.dtype(dtype), remat=remat,
               global_attention_impl=attention, relation_impl="auto")
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
@@ -77,7 +80,14 @@ def compile_program(program: str, model_name: str, dtype: str, attention: str, r
                                 parallel.make_mesh(spec, devices)).program(variables)
     lowered = forward.lower(*inputs)
   compiled = lowered.compile()
-  return aot.figures(compiled), time.perf_counter() - start
+  return aot.figures(compiled), time.perf_counter() - start, compiled.as_text()
+
+
+def print_traffic_sources(text: str, count: int):
+  sources, _ = aot.hbm_traffic_by_source(text)
+  total = sum(sources.values())
+  for source, size in sources.most_common(count):
+    print(f"|   | {size / 1e9:.2f} GB ({size / total:.0%}) | {source} |")
 
 
 def main():
@@ -95,6 +105,8 @@ def main():
   parser.add_argument("--programs", default="train,eval")
   parser.add_argument("--attention", default="auto",
                       help="global attention: auto (fused), chunked; comma list")
+  parser.add_argument("--traffic-sources", type=int, default=0,
+                      help="after each row, the N sources of the most HBM traffic")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")  # this host's own backend; TPU: compile only
   all_devices = aot.tpu_devices(args.topology)
@@ -114,7 +126,7 @@ def main():
     for program in args.programs.split(","):
       for dtype, attention, remat, mesh_shape in itertools.product(
           args.dtype.split(","), args.attention.split(","), args.remat.split(","), meshes):
-        figures, seconds = compile_program(program, model_name, dtype, attention, remat,
+        figures, seconds, text = compile_program(program, model_name, dtype, attention, remat,
                                            mesh_shape,
                                            all_devices[:math.prod(mesh_shape)], args)
         gib = lambda n: f"{n / GIB:.2f}"
@@ -128,6 +140,8 @@ def main():
               f"{'*' if figures.unknown_trip_loops else ''} | "
               f"{' / '.join(f'{figures.hbm_bytes / bw * 1e3:.0f}' for bw in HBM_BANDWIDTH.values())}"
               f" | {seconds:.0f} |", flush=True)
+        if args.traffic_sources:
+          print_traffic_sources(text, args.traffic_sources)
 
 
 if __name__ == "__main__":

@@ -197,24 +197,40 @@ def _trip_count(attributes: str, condition: list[str]) -> int | None:
   return max(constants) if constants else None
 
 
-def hbm_traffic(text: str) -> tuple[float, int]:
-  """(bytes read and written from HBM, loops of unknown trip count, counted once) of a
-  compiled program's optimised HLO text (`compiled.as_text()`): every top-level
-  instruction of the entry computation and of the computations it calls reads its
-  operands and writes its result (a fusion as a whole, not its inside; arrays placed
-  outside HBM left out), a kernel call (Mosaic) its own `pl.CostEstimate` bytes (which
-  count the blocks it reads again), a while loop's body and condition `_trip_count`
-  times, a conditional as its costliest branch."""
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Path components of an op_name that name no place in the model (transformations,
+# loop plumbing).
+_PLUMBING = re.compile(r"\(|^(while|body|cond|closed_call|checkpoint|remat|rematted_computation)$")
+
+
+def traffic_source(op_name: str, depth: int = 4) -> str:
+  """Where in the model an instruction comes from, from its op_name metadata: the
+  first `depth` module components (block indices folded: blocks_3 -> blocks_*) and
+  the primitive, 'bwd ' in front for the backward (transpose) pass."""
+  parts = [p for p in op_name.split("/") if p and not _PLUMBING.search(p)]
+  parts = [re.sub(r"_\d+$", "_*", p) for p in parts]
+  place = "/".join(parts[:-1][:depth] + parts[-1:]) or "?"
+  return ("bwd " if "transpose(" in op_name else "") + place
+
+
+def hbm_traffic_by_source(text: str, depth: int = 4) -> tuple[collections.Counter, int]:
+  """({`traffic_source`: bytes read and written from HBM}, loops of unknown trip count,
+  counted once) of a compiled program's optimised HLO text (`compiled.as_text()`):
+  every top-level instruction of the entry computation and of the computations it
+  calls reads its operands and writes its result (a fusion as a whole, not its inside;
+  arrays placed outside HBM left out), a kernel call (Mosaic) its own
+  `pl.CostEstimate` bytes (which count the blocks it reads again), a while loop's body
+  and condition `_trip_count` times, a conditional as its costliest branch."""
   computations, entry = _computations(text)
   unknown = [0]
   cache = {}
 
-  def cost(name: str) -> float:
+  def cost(name: str) -> collections.Counter:
     if name in cache:
       return cache[name]
     parsed = [m.groups() for m in map(_INSTRUCTION.match, computations.get(name, [])) if m]
     shapes = {result: shape for result, shape, _, _ in parsed}
-    total = 0.0
+    total = collections.Counter()
     for _, shape, opcode, rest in parsed:
       operands, attributes = _split_operands(rest)
       called = dict(_CALLED.findall(attributes))
@@ -223,20 +239,33 @@ def hbm_traffic(text: str) -> tuple[float, int]:
       if opcode == "while":
         trips = _trip_count(attributes, computations.get(called["condition"], []))
         unknown[0] += trips is None
-        total += (trips or 1) * (cost(called["body"]) + cost(called["condition"]))
+        for part in (cost(called["body"]), cost(called["condition"])):
+          total.update({key: (trips or 1) * value for key, value in part.items()})
       elif opcode == "conditional":
         branches = _BRANCHES.search(attributes)
         names = ([b.strip().lstrip("%") for b in branches.group(1).split(",")] if branches
                  else [called[k] for k in ("true_computation", "false_computation")])
-        total += max(cost(branch) for branch in names)
+        total.update(max((cost(branch) for branch in names),
+                         key=lambda part: sum(part.values())))
       elif opcode == "call":
-        total += cost(called["to_apply"])
-      elif opcode == "custom-call" and _KERNEL_BYTES.search(attributes):
-        total += int(_KERNEL_BYTES.search(attributes).group(1))  # a kernel's re-reads too
+        total.update(cost(called["to_apply"]))
       else:
-        total += _array_bytes(shape) + sum(_array_bytes(shapes.get(operand, ""))
-                                           for operand in _OPERAND.findall(operands))
+        op_name = _OP_NAME.search(attributes)
+        source = traffic_source(op_name.group(1) if op_name else "", depth)
+        kernel = _KERNEL_BYTES.search(attributes) if opcode == "custom-call" else None
+        if kernel:  # a kernel's re-reads too
+          total[source] += int(kernel.group(1))
+        else:
+          total[source] += _array_bytes(shape) + sum(
+              _array_bytes(shapes.get(operand, "")) for operand in _OPERAND.findall(operands))
     cache[name] = total
     return total
 
   return cost(entry), unknown[0]
+
+
+def hbm_traffic(text: str) -> tuple[float, int]:
+  """(bytes read and written from HBM, loops of unknown trip count) of a compiled
+  program's optimised HLO text: the sum of `hbm_traffic_by_source`."""
+  sources, unknown = hbm_traffic_by_source(text)
+  return float(sum(sources.values())), unknown

@@ -67,3 +67,26 @@ def test_kernel_calls_count_their_own_cost_estimate():
   module = MODULE.replace("  ROOT %sum = f32[256]{0} add(%out, %v)\n",
                           line + "  ROOT %sum = f32[256]{0} add(%out, %v)\n")
   assert aot.hbm_traffic(module)[0] == aot.hbm_traffic(MODULE)[0] + 123456
+
+
+def test_traffic_source_names_the_place_in_the_model():
+  name = "jit(step)/transpose(jvp(Spt))/image_encoder/blocks_3/while/body/attn/dot_general"
+  assert aot.traffic_source(name) == "bwd image_encoder/blocks_*/attn/dot_general"
+  assert aot.traffic_source(name, depth=1) == "bwd image_encoder/dot_general"
+  assert aot.traffic_source("jit(f)/tanh") == "tanh"
+
+
+def test_traffic_by_source_splits_the_total():
+  def f(x, w):
+    with jax.named_scope("encoder"):
+      x = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=4)[0]
+    with jax.named_scope("head"):
+      return jnp.sin(x) @ w
+
+  x = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  text = jax.jit(f).lower(x, x).compile().as_text()
+  sources, unknown = aot.hbm_traffic_by_source(text)
+  assert unknown == 0 and sum(sources.values()) == aot.hbm_traffic(text)[0]
+  encoder = sum(v for k, v in sources.items() if k.startswith("encoder/"))
+  head = sum(v for k, v in sources.items() if k.startswith("head/"))
+  assert encoder >= 4 * 3 * 256 * 256 * 4 and head >= 3 * 256 * 256 * 4, sources
