@@ -36,7 +36,7 @@ setuptools.setup(
         "flatbuffers>=24.3",  # jax.export serialization (spt_jax.export)
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "convert": [TORCH],
         # Meta's code for the parity tests, imported through tests/torchvision_shim:
         # segment_anything imports torchvision, which does not install beside this torch.

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spt_jax.errors import SptUserError
 from spt_jax.models.config import AdapterSpec, SamSpec
@@ -110,9 +111,12 @@ class Spt(Sam):
 
 
 def sam_params_to_spt(sam_params: dict, sdt_steps: int) -> dict:
-  """Plain SAM params -> SPT params: every decoder step starts as SAM's mask decoder."""
+  """Plain SAM params -> SPT params: every decoder step starts as SAM's mask decoder.
+
+  Stacked on the host (numpy): one eager device op per leaf would compile a program each.
+  """
   params = {k: v for k, v in sam_params.items() if k != "mask_decoder"}
-  stacked = jax.tree_util.tree_map(lambda x: jnp.stack([jnp.asarray(x)] * sdt_steps),
+  stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * sdt_steps),
                                    sam_params["mask_decoder"])
   params["decoders"] = {"mask_decoder": stacked}
   return params

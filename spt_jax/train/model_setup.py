@@ -94,5 +94,6 @@ def zero_shot_setup(setup: ModelSetup, config) -> ModelSetup:
   """SAM as it is: the same base with no adapters and the first (SAM's) decoder only."""
   model = _spt(setup.model.spec, AdapterSpec(), 1, config)
   params = dict(setup.variables["params"])
-  params["decoders"] = jax.tree_util.tree_map(lambda x: x[:1], params["decoders"])
+  params["decoders"] = jax.tree_util.tree_map(lambda x: np.asarray(x)[:1],
+                                              params["decoders"])
   return ModelSetup(model, {"params": params}, setup.base)

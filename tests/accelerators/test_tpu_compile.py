@@ -170,6 +170,18 @@ MESHES = (  # (topology, chips, mesh data x fsdp x model)
     ("v5p:2x2x1", 4, (2, 1, 2)),
     ("v4:2x2x1", 8, (1, 4, 2)),
 )
+# The default suite compiles one chip and the mesh that uses all three axes; the other
+# meshes (30 to 60 s each on 2 cores) are slow-marked.
+DEFAULT_MESHES = (MESHES[0], MESHES[3])
+
+
+def meshes(cases):
+  return [case if case in DEFAULT_MESHES else pytest.param(*case, marks=pytest.mark.slow)
+          for case in cases]
+
+
+def mesh_id(value):
+  return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 @functools.cache
@@ -191,8 +203,7 @@ def check_fits(compiled, devices, calls):
   return figures
 
 
-@pytest.mark.parametrize("topology, chips, mesh_shape", MESHES,
-                         ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x))
+@pytest.mark.parametrize("topology, chips, mesh_shape", meshes(MESHES), ids=mesh_id)
 def test_train_step_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shape):
   model, variables = micro_spt()
   spec, devices = mesh_of(tpu_devices, topology, chips, mesh_shape)
@@ -209,8 +220,7 @@ def test_train_step_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shap
     assert figures.collectives.get("all-reduce", 0) >= 1, figures
 
 
-@pytest.mark.parametrize("topology, chips, mesh_shape", MESHES[1::2],
-                         ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x))
+@pytest.mark.parametrize("topology, chips, mesh_shape", meshes(MESHES[1::2]), ids=mesh_id)
 def test_evaluator_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shape):
   model, variables = micro_spt()
   spec, devices = mesh_of(tpu_devices, topology, chips, mesh_shape)

@@ -35,13 +35,14 @@ def _run(command, extra_env, timeout):
 
 def _eight_devices(marker, timeout):
   flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-  return _run([sys.executable, "-m", "pytest", "-q", "-m", marker, "-p", "no:cacheprovider",
-               os.path.join(HERE, "test_eight_devices.py")],
+  # One process (-n 0): the eight devices are this child's, beside the suite's workers.
+  return _run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", marker,
+               "-p", "no:cacheprovider", os.path.join(HERE, "test_eight_devices.py")],
               {"XLA_FLAGS": flags.strip()}, timeout)
 
 
 def test_rules_and_batches_on_eight_simulated_devices():
-  assert " passed" in _eight_devices("not slow", timeout=300)
+  assert " passed" in _eight_devices("not slow", timeout=600)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from small_models import TINY_SPEC
+from small_models import MICRO_SPEC
 from spt_jax.errors import USER_ERROR_EXIT_CODE, SptUserError
 from spt_jax.predictor import SamPredictor
 from spt_jax.pretrain import cli
@@ -37,9 +37,9 @@ def test_bad_evaluation_option_stops_before_training(tmp_path, capsys, option):
 def test_short_run_writes_a_sam_directory(tmp_path):
   output = str(tmp_path / "model")
   spec = PretrainSpec(steps=2, batch_size=2, num_targets=2, max_points=1, log_every=1)
-  document = cli.run(output, TINY_SPEC, spec, eval_examples=2, eval_per_defect=1)
+  document = cli.run(output, MICRO_SPEC, spec, eval_examples=2, eval_per_defect=1)
   pretrained = load_pretrained(output)
-  assert pretrained.spec == TINY_SPEC
+  assert pretrained.spec == MICRO_SPEC
   assert pretrained.metadata["model"] == "sam"
   assert pretrained.metadata["pretrain"]["steps"] == 2
   assert set(pretrained.variables["params"]) == {"image_encoder", "prompt_encoder",
