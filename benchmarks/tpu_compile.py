@@ -24,12 +24,14 @@ trip count (`aot.hbm_traffic`: each top-level instruction's operands and result 
 HBM, an estimate), and that traffic's time at the HBM bandwidth of a v5e chip and of an
 H100 (the memory side of a roofline: both programs are memory-bound, README).
 `--traffic-sources N` lists after each row the N places in the model that move the
-most of that traffic (`aot.hbm_traffic_by_source`).
+most of that traffic (`aot.hbm_traffic_by_source`); `--hlo-dir DIR` writes each
+compiled program's optimised HLO text there, to count or read again without compiling.
 """
 
 import argparse
 import itertools
 import math
+import os
 import time
 
 import jax
@@ -107,6 +109,8 @@ def main():
                       help="global attention: auto (fused), chunked; comma list")
   parser.add_argument("--traffic-sources", type=int, default=0,
                       help="after each row, the N sources of the most HBM traffic")
+  parser.add_argument("--hlo-dir", default="",
+                      help="write each compiled program's optimised HLO text here")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")  # this host's own backend; TPU: compile only
   all_devices = aot.tpu_devices(args.topology)
@@ -142,6 +146,12 @@ def main():
               f" | {seconds:.0f} |", flush=True)
         if args.traffic_sources:
           print_traffic_sources(text, args.traffic_sources)
+        if args.hlo_dir:
+          os.makedirs(args.hlo_dir, exist_ok=True)
+          name = (f"{model_name}-{program}-{dtype}-{attention}-{remat}-"
+                  f"{'x'.join(map(str, mesh_shape))}.hlo")
+          with open(os.path.join(args.hlo_dir, name), "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":

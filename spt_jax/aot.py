@@ -186,6 +186,73 @@ def _computations(text: str) -> tuple[dict[str, list[str]], str]:
   return computations, entry
 
 
+_FUSED = re.compile(r"\bcalls=%?([\w.\-]+)")
+_PARAMETER_INDEX = re.compile(r"^(\d+)\)")
+
+
+def _moved_bytes(opcode: str, shape: str, operand_shapes: list[str],
+                 fused: list[str] | None) -> float:
+  """HBM bytes an instruction reads and writes (fused: its fused computation's lines).
+
+  A dynamic slice reads only its slice, and a dynamic update slice writes only its
+  update into the buffer it updates in place (as XLA does in loops that fill stacked
+  outputs): counted so at the top level and for a fusion's parameters that only such
+  slices use and a fused root (or root tuple element) that is such an update. An
+  asynchronous copy or slice (e.g. HBM -> VMEM) moves its destination's bytes once per
+  side of it in HBM."""
+  whole = [_array_bytes(s) for s in operand_shapes]
+  if opcode in ("copy-start", "slice-start"):  # (source, destination, context)
+    arrays = _ARRAY.findall(shape)
+    if len(arrays) >= 2:
+      source, destination = arrays[0], arrays[1]
+      size = _array_bytes("{}[{}]".format(*destination[:2]))
+      return size * sum(not (layout and "S(" in layout)
+                        for _, _, layout in (source, destination))
+  if opcode == "dynamic-slice":
+    return 2 * _array_bytes(shape)
+  if opcode == "dynamic-update-slice":
+    return 2 * _array_bytes(operand_shapes[1]) if len(operand_shapes) > 1 else sum(whole)
+  if fused is None:
+    return _array_bytes(shape) + sum(whole)
+  parsed = []
+  for line in fused:
+    match = _INSTRUCTION.match(line)
+    if match:
+      name, result, op, rest = match.groups()
+      operands, _ = _split_operands(rest)
+      parsed.append((name, result, op, _OPERAND.findall(operands), rest,
+                     line.lstrip().startswith("ROOT")))
+  shapes = {name: result for name, result, *_ in parsed}
+  uses = collections.defaultdict(list)  # name -> [(user opcode, operand position)]
+  for _, _, op, operands, _, _ in parsed:
+    for position, operand in enumerate(operands):
+      uses[operand].append((op, position))
+  root = next((p for p in parsed if p[5]), None)
+  roots = [root] if root and root[2] != "tuple" else [
+      next((p for p in parsed if p[0] == name), None) for name in (root[3] if root else [])]
+  parameters = {p[0] for p in parsed if p[2] == "parameter"}
+  updated = {r[3][0] for r in roots
+             if r and r[2] == "dynamic-update-slice" and r[3][0] in parameters}
+  read = 0.0
+  for name, result, op, _, rest, _ in parsed:
+    if op != "parameter":
+      continue
+    index = _PARAMETER_INDEX.match(rest)
+    size = whole[int(index.group(1))] if index and int(index.group(1)) < len(whole) else 0
+    users = uses[name]
+    if users and all(u == ("dynamic-slice", 0) for u in users):
+      size = sum(_array_bytes(p[1]) for p in parsed if p[2] == "dynamic-slice"
+                 and p[3][:1] == [name])
+    elif name in updated and users == [("dynamic-update-slice", 0)]:
+      size = 0.0
+    read += size
+  if root is None:
+    return read + _array_bytes(shape)
+  written = sum(_array_bytes(shapes.get(r[3][1], "")) if r[2] == "dynamic-update-slice"
+                and r[3][0] in updated else _array_bytes(r[1]) for r in roots if r)
+  return read + written
+
+
 def _trip_count(attributes: str, condition: list[str]) -> int | None:
   """A while loop's trip count: XLA's known_trip_count, else the integer constant its
   condition compares the counter with (loops from 0 by 1, as scans lower); None when
@@ -218,7 +285,9 @@ def hbm_traffic_by_source(text: str, depth: int = 4) -> tuple[collections.Counte
   counted once) of a compiled program's optimised HLO text (`compiled.as_text()`):
   every top-level instruction of the entry computation and of the computations it
   calls reads its operands and writes its result (a fusion as a whole, not its inside;
-  arrays placed outside HBM left out), a kernel call (Mosaic) its own
+  arrays placed outside HBM left out; dynamic slices and in-place updates by their
+  slices, asynchronous copies and slices by what they move in or out of HBM,
+  `_moved_bytes`), a kernel call (Mosaic) its own
   `pl.CostEstimate` bytes (which count the blocks it reads again), a while loop's body
   and condition `_trip_count` times, a conditional as its costliest branch."""
   computations, entry = _computations(text)
@@ -256,8 +325,10 @@ def hbm_traffic_by_source(text: str, depth: int = 4) -> tuple[collections.Counte
         if kernel:  # a kernel's re-reads too
           total[source] += int(kernel.group(1))
         else:
-          total[source] += _array_bytes(shape) + sum(
-              _array_bytes(shapes.get(operand, "")) for operand in _OPERAND.findall(operands))
+          fused = _FUSED.search(attributes) if opcode == "fusion" else None
+          total[source] += _moved_bytes(
+              opcode, shape, [shapes.get(o, "") for o in _OPERAND.findall(operands)],
+              computations.get(fused.group(1), []) if fused else None)
     cache[name] = total
     return total
 

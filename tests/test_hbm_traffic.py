@@ -90,3 +90,47 @@ def test_traffic_by_source_splits_the_total():
   encoder = sum(v for k, v in sources.items() if k.startswith("encoder/"))
   head = sum(v for k, v in sources.items() if k.startswith("head/"))
   assert encoder >= 4 * 3 * 256 * 256 * 4 and head >= 3 * 256 * 256 * 4, sources
+
+
+SLICES = """HloModule m, is_scheduled=true
+
+%update (p0: f32[64,256], p1: f32[1,256], p2: s32[]) -> f32[64,256] {
+  %p0 = f32[64,256]{1,0} parameter(0)
+  %p1 = f32[1,256]{1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %t = f32[1,256]{1,0} tanh(%p1)
+  %z = s32[] constant(0)
+  ROOT %u = f32[64,256]{1,0} dynamic-update-slice(%p0, %t, %p2, %z)
+}
+
+%read (p0: f32[64,256], p1: s32[]) -> f32[1,256] {
+  %p0 = f32[64,256]{1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %s = f32[1,256]{1,0} dynamic-slice(%p0, %p1, %z), dynamic_slice_sizes={1,256}
+  ROOT %e = f32[1,256]{1,0} exponential(%s)
+}
+
+ENTRY %main (a: f32[64,256], b: f32[1,256], i: s32[]) -> (f32[64,256], f32[1,256]) {
+  %a = f32[64,256]{1,0} parameter(0)
+  %b = f32[1,256]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %f = f32[64,256]{1,0} fusion(%a, %b, %i), kind=kLoop, calls=%update
+  %g = f32[1,256]{1,0} fusion(%a, %i), kind=kLoop, calls=%read
+  %h = f32[1,256]{1,0} dynamic-slice(%a, %i, %i), dynamic_slice_sizes={1,256}
+  %s = ((f32[64,256]{1,0}), f32[1,256]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%a), slice={[0:1], [0:256]}
+  %sd = f32[1,256]{1,0:S(1)} slice-done(%s)
+  ROOT %r = (f32[64,256]{1,0}, f32[1,256]{1,0}) tuple(%f, %g)
+}
+"""
+
+
+def test_slices_and_in_place_updates_move_their_slices_only():
+  """The update fusion reads its row and index and writes the row into the buffer it
+  updates in place; the slicing fusion and the top-level dynamic slice read a row (and
+  write it); the asynchronous slice reads a row from HBM into VMEM."""
+  row, index = 256 * 4, 4
+  update = (row + index) + row
+  read = (row + index) + row
+  top_level_slice = 2 * row
+  assert aot.hbm_traffic(SLICES) == (update + read + top_level_slice + row, 0)
