@@ -130,9 +130,9 @@ def main():
     for program in args.programs.split(","):
       for dtype, attention, remat, mesh_shape in itertools.product(
           args.dtype.split(","), args.attention.split(","), args.remat.split(","), meshes):
-        figures, seconds, text = compile_program(program, model_name, dtype, attention, remat,
-                                           mesh_shape,
-                                           all_devices[:math.prod(mesh_shape)], args)
+        figures, seconds, text = compile_program(
+            program, model_name, dtype, attention, remat, mesh_shape,
+            all_devices[:math.prod(mesh_shape)], args)
         gib = lambda n: f"{n / GIB:.2f}"
         collectives = ", ".join(f"{ABBREVIATIONS[k]} {v}"
                                 for k, v in figures.collectives.items()) or "none"

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import re
 import sys
+from typing import NamedTuple
 
 from jax.experimental import topologies
 from jax._src.pallas.mosaic import tpu_info  # device kind -> chip version
@@ -186,13 +187,38 @@ def _computations(text: str) -> tuple[dict[str, list[str]], str]:
   return computations, entry
 
 
+class _Instruction(NamedTuple):
+  """One instruction line of HLO text."""
+  name: str
+  shape: str  # of its result
+  opcode: str
+  arguments: str  # the text inside its parentheses
+  attributes: str  # the text after them
+  root: bool
+
+  @property
+  def operands(self) -> list[str]:
+    return _OPERAND.findall(self.arguments)
+
+
+def _instructions(lines: list[str]) -> list[_Instruction]:
+  """The instructions among a computation's lines."""
+  parsed = []
+  for line in lines:
+    match = _INSTRUCTION.match(line)
+    if match:
+      name, shape, opcode, rest = match.groups()
+      parsed.append(_Instruction(name, shape, opcode, *_split_operands(rest),
+                                 root=line.lstrip().startswith("ROOT")))
+  return parsed
+
+
 _FUSED = re.compile(r"\bcalls=%?([\w.\-]+)")
-_PARAMETER_INDEX = re.compile(r"^(\d+)\)")
 
 
-def _moved_bytes(opcode: str, shape: str, operand_shapes: list[str],
-                 fused: list[str] | None) -> float:
-  """HBM bytes an instruction reads and writes (fused: its fused computation's lines).
+def _moved_bytes(instruction: _Instruction, operand_shapes: list[str],
+                 fused: list[_Instruction] | None) -> float:
+  """HBM bytes an instruction reads and writes (`fused`: a fusion's computation).
 
   A dynamic slice reads only its slice, and a dynamic update slice writes only its
   update into the buffer it updates in place (as XLA does in loops that fill stacked
@@ -200,6 +226,7 @@ def _moved_bytes(opcode: str, shape: str, operand_shapes: list[str],
   slices use and a fused root (or root tuple element) that is such an update. An
   asynchronous copy or slice (e.g. HBM -> VMEM) moves its destination's bytes once per
   side of it in HBM."""
+  opcode, shape = instruction.opcode, instruction.shape
   whole = [_array_bytes(s) for s in operand_shapes]
   if opcode in ("copy-start", "slice-start"):  # (source, destination, context)
     arrays = _ARRAY.findall(shape)
@@ -214,43 +241,31 @@ def _moved_bytes(opcode: str, shape: str, operand_shapes: list[str],
     return 2 * _array_bytes(operand_shapes[1]) if len(operand_shapes) > 1 else sum(whole)
   if fused is None:
     return _array_bytes(shape) + sum(whole)
-  parsed = []
-  for line in fused:
-    match = _INSTRUCTION.match(line)
-    if match:
-      name, result, op, rest = match.groups()
-      operands, _ = _split_operands(rest)
-      parsed.append((name, result, op, _OPERAND.findall(operands), rest,
-                     line.lstrip().startswith("ROOT")))
-  shapes = {name: result for name, result, *_ in parsed}
+  by_name = {i.name: i for i in fused}
   uses = collections.defaultdict(list)  # name -> [(user opcode, operand position)]
-  for _, _, op, operands, _, _ in parsed:
-    for position, operand in enumerate(operands):
-      uses[operand].append((op, position))
-  root = next((p for p in parsed if p[5]), None)
-  roots = [root] if root and root[2] != "tuple" else [
-      next((p for p in parsed if p[0] == name), None) for name in (root[3] if root else [])]
-  parameters = {p[0] for p in parsed if p[2] == "parameter"}
-  updated = {r[3][0] for r in roots
-             if r and r[2] == "dynamic-update-slice" and r[3][0] in parameters}
+  for user in fused:
+    for position, operand in enumerate(user.operands):
+      uses[operand].append((user.opcode, position))
+  root = next((i for i in fused if i.root), None)
+  roots = ([] if root is None else
+           [by_name[name] for name in root.operands] if root.opcode == "tuple" else [root])
+  updated = {r.operands[0] for r in roots if r.opcode == "dynamic-update-slice"
+             and by_name[r.operands[0]].opcode == "parameter"}
   read = 0.0
-  for name, result, op, _, rest, _ in parsed:
-    if op != "parameter":
-      continue
-    index = _PARAMETER_INDEX.match(rest)
-    size = whole[int(index.group(1))] if index and int(index.group(1)) < len(whole) else 0
-    users = uses[name]
-    if users and all(u == ("dynamic-slice", 0) for u in users):
-      size = sum(_array_bytes(p[1]) for p in parsed if p[2] == "dynamic-slice"
-                 and p[3][:1] == [name])
-    elif name in updated and users == [("dynamic-update-slice", 0)]:
-      size = 0.0
-    read += size
+  for parameter in (i for i in fused if i.opcode == "parameter"):
+    index = int(parameter.arguments)
+    users = uses[parameter.name]
+    if users and all(use == ("dynamic-slice", 0) for use in users):
+      read += sum(_array_bytes(i.shape) for i in fused if i.opcode == "dynamic-slice"
+                  and i.operands[:1] == [parameter.name])
+    elif not (parameter.name in updated and users == [("dynamic-update-slice", 0)]):
+      read += whole[index] if index < len(whole) else 0.0
   if root is None:
     return read + _array_bytes(shape)
-  written = sum(_array_bytes(shapes.get(r[3][1], "")) if r[2] == "dynamic-update-slice"
-                and r[3][0] in updated else _array_bytes(r[1]) for r in roots if r)
-  return read + written
+  return read + sum(
+      _array_bytes(by_name[r.operands[1]].shape)
+      if r.opcode == "dynamic-update-slice" and r.operands[0] in updated
+      else _array_bytes(r.shape) for r in roots)
 
 
 def _trip_count(attributes: str, condition: list[str]) -> int | None:
@@ -297,11 +312,11 @@ def hbm_traffic_by_source(text: str, depth: int = 4) -> tuple[collections.Counte
   def cost(name: str) -> collections.Counter:
     if name in cache:
       return cache[name]
-    parsed = [m.groups() for m in map(_INSTRUCTION.match, computations.get(name, [])) if m]
-    shapes = {result: shape for result, shape, _, _ in parsed}
+    parsed = _instructions(computations.get(name, []))
+    shapes = {i.name: i.shape for i in parsed}
     total = collections.Counter()
-    for _, shape, opcode, rest in parsed:
-      operands, attributes = _split_operands(rest)
+    for instruction in parsed:
+      opcode, attributes = instruction.opcode, instruction.attributes
       called = dict(_CALLED.findall(attributes))
       if opcode in _FREE or opcode.endswith("-done"):
         continue
@@ -327,8 +342,8 @@ def hbm_traffic_by_source(text: str, depth: int = 4) -> tuple[collections.Counte
         else:
           fused = _FUSED.search(attributes) if opcode == "fusion" else None
           total[source] += _moved_bytes(
-              opcode, shape, [shapes.get(o, "") for o in _OPERAND.findall(operands)],
-              computations.get(fused.group(1), []) if fused else None)
+              instruction, [shapes.get(o, "") for o in instruction.operands],
+              _instructions(computations.get(fused.group(1), [])) if fused else None)
     cache[name] = total
     return total
 

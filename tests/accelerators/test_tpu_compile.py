@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from slow_cases import slow_except
 from small_models import MICRO_SPEC, SMALL_SPEC
 from spt_jax import aot
 from spt_jax import config as config_lib
@@ -175,11 +176,6 @@ MESHES = (  # (topology, chips, mesh data x fsdp x model)
 DEFAULT_MESHES = (MESHES[0], MESHES[3])
 
 
-def meshes(cases):
-  return [case if case in DEFAULT_MESHES else pytest.param(*case, marks=pytest.mark.slow)
-          for case in cases]
-
-
 def mesh_id(value):
   return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -203,7 +199,8 @@ def check_fits(compiled, devices, calls):
   return figures
 
 
-@pytest.mark.parametrize("topology, chips, mesh_shape", meshes(MESHES), ids=mesh_id)
+@pytest.mark.parametrize("topology, chips, mesh_shape", slow_except(MESHES, DEFAULT_MESHES),
+                         ids=mesh_id)
 def test_train_step_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shape):
   model, variables = micro_spt()
   spec, devices = mesh_of(tpu_devices, topology, chips, mesh_shape)
@@ -220,7 +217,8 @@ def test_train_step_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shap
     assert figures.collectives.get("all-reduce", 0) >= 1, figures
 
 
-@pytest.mark.parametrize("topology, chips, mesh_shape", meshes(MESHES[1::2]), ids=mesh_id)
+@pytest.mark.parametrize("topology, chips, mesh_shape", slow_except(MESHES[1::2], DEFAULT_MESHES),
+                         ids=mesh_id)
 def test_evaluator_compiles_on_the_mesh(tpu_devices, topology, chips, mesh_shape):
   model, variables = micro_spt()
   spec, devices = mesh_of(tpu_devices, topology, chips, mesh_shape)

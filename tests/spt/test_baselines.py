@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from slow_cases import slow_except
 from small_models import MICRO_SPEC
 from spt_jax import config as config_lib
 from spt_jax.data.prompts import PromptConfig
@@ -68,9 +69,7 @@ def test_trainable_set(method):
 
 # Two methods train in the default suite: SPT's adapters collection and the decoder's
 # params; the others' steps (the same step function on other leaves) are slow-marked.
-@pytest.mark.parametrize("method", [
-    method if method in ("spt", "decoder") else pytest.param(method, marks=pytest.mark.slow)
-    for method in sorted(EXPECTED_LEAVES)])
+@pytest.mark.parametrize("method", slow_except(sorted(EXPECTED_LEAVES), ("spt", "decoder")))
 def test_a_few_steps_train_only_the_trainable_set(method):
   model = spt_model(method)
   variables = init_variables(model, jax.random.PRNGKey(1))
