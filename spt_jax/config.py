@@ -11,8 +11,8 @@ Fields:
   model.type         size when base is '': a preset ('vit_b'/'vit_l'/'vit_h') or 'tiny'.
   model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
   model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
-  model.relation_impl, global_attention_impl, dtype, remat, query_chunk: see
-                     spt_jax.spt.model / models.sam; cpu_scheduler: XLA:CPU's scheduler
+  model.relation_impl, global_attention_impl, window_attention_impl, dtype, remat,
+                     query_chunk: see spt_jax.spt.model / models.sam; cpu_scheduler: XLA:CPU's scheduler
                      on a CPU mesh (spt_jax.parallel.cpu_scheduler; 'auto': the
                      memory-optimised one for train steps).
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
@@ -141,7 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       base="", type="vit_b",
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
-      sdt_steps=2, relation_impl="auto", global_attention_impl="auto", dtype="float32",
+      sdt_steps=2, relation_impl="auto", global_attention_impl="auto",
+      window_attention_impl="auto", dtype="float32",
       remat="none", cpu_scheduler="auto", query_chunk=1024))
   config.trainable = SPT_TRAINABLE
   config.data = ml_collections.ConfigDict()

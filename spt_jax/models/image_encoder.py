@@ -138,14 +138,16 @@ class EncoderAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block; `window` 0 means global attention (by
-  `global_attention_impl`, see EncoderAttention.impl; windows are CHUNKED)."""
+  """Pre-norm transformer block; `window` 0 means global attention. The attention
+  runs by `global_attention_impl` or, in windowed blocks, `window_attention_impl`
+  (see EncoderAttention.impl; a window is a 14 x 14 grid of its own)."""
   spec: EncoderSpec
   window: int
   adapters: AdapterSpec = NO_ADAPTERS
   query_chunk: int = 1024
   dtype: Dtype = jnp.float32
   global_attention_impl: str = "auto"
+  window_attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -157,7 +159,7 @@ class EncoderBlock(nn.Module):
       x, padded_hw = window_partition(x, self.window)
     rel_pos_grid = ((self.window, self.window) if self.window
                     else (self.spec.grid_size, self.spec.grid_size))
-    impl = CHUNKED if self.window else self.global_attention_impl
+    impl = self.window_attention_impl if self.window else self.global_attention_impl
     x = EncoderAttention(self.spec.num_heads, rel_pos_grid, self.query_chunk, impl,
                          lora_rank=self.adapters.encoder_lora_rank(),
                          lora_scaling=self.adapters.lora_scaling,
@@ -199,6 +201,7 @@ class ImageEncoder(nn.Module):
   remat: str | bool = "none"
   dtype: Dtype = jnp.float32
   global_attention_impl: str = "auto"
+  window_attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -213,7 +216,8 @@ class ImageEncoder(nn.Module):
     for i in range(spec.depth):
       window = 0 if i in spec.global_attn_indexes else spec.window_size
       x = block_type(spec, window, self.adapters, self.query_chunk, self.dtype,
-                     self.global_attention_impl, name=f"blocks_{i}")(x)
+                     self.global_attention_impl, self.window_attention_impl,
+                     name=f"blocks_{i}")(x)
     return self._neck(x)
 
   def _neck(self, x):

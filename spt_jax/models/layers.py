@@ -12,21 +12,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from spt_jax.ops import lean_autodiff
+
 ADAPTERS = "adapters"
 Dtype = Any
 
 
 def exact_gelu(x):
-  """GELU with the erf form, as torch.nn.GELU() (not the tanh approximation)."""
-  return nn.gelu(x, approximate=False)
+  """GELU with the erf form, as torch.nn.GELU() (not the tanh approximation); its
+  backward keeps only x (`spt_jax.ops.lean_autodiff`)."""
+  return lean_autodiff.gelu(x)
 
 
-def layer_norm(epsilon: float, dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
-  """LayerNorm over the last (channel) axis with torch's two-pass variance.
+class LayerNorm(nn.Module):
+  """LayerNorm over the last (channel) axis with torch's two-pass variance; on NHWC
+  tensors also Meta's `LayerNorm2d`. Its backward keeps only the input and per-token
+  statistics (`spt_jax.ops.lean_autodiff`).
 
-  On NHWC tensors this is also Meta's `LayerNorm2d`.
+  Variables: params/scale (C,) (ones), params/bias (C,) (zeros), float32.
   """
-  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
+  epsilon: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (..., C) -> (..., C) in `dtype`."""
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    return lean_autodiff.layer_norm(x, scale, bias, self.epsilon, self.dtype)
+
+
+def layer_norm(epsilon: float, dtype: Dtype, name: Optional[str] = None) -> LayerNorm:
+  """A `LayerNorm` (the helper the modules build their norms with)."""
+  return LayerNorm(epsilon, dtype, name=name)
 
 
 def lora_a_init(key, shape, dtype=jnp.float32):

@@ -54,6 +54,7 @@ class Sam(nn.Module):
   query_chunk: int = 1024
   remat: str | bool = "none"
   global_attention_impl: str = "auto"
+  window_attention_impl: str = "auto"
 
   def setup(self):
     self.setup_encoders()
@@ -62,7 +63,8 @@ class Sam(nn.Module):
   def setup_encoders(self):
     """The image and prompt encoders (shared with models that change the decoding)."""
     self.image_encoder = ImageEncoder(self.spec.encoder, self.adapters, self.query_chunk,
-                                      self.remat, self.dtype, self.global_attention_impl)
+                                      self.remat, self.dtype, self.global_attention_impl,
+                                      self.window_attention_impl)
     self.prompt_encoder = PromptEncoder(self.spec, self.dtype)
 
   def embed_images(self, images: jax.Array) -> jax.Array:

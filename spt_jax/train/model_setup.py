@@ -59,6 +59,7 @@ def _spt(spec, adapters, sdt_steps, config):
   return Spt(spec, adapters, dtype=jnp.dtype(config.model.dtype),
              query_chunk=config.model.query_chunk, remat=config.model.remat,
              global_attention_impl=config.model.global_attention_impl,
+             window_attention_impl=config.model.window_attention_impl,
              relation_impl=config.model.relation_impl, sdt_steps=sdt_steps)
 
 

@@ -46,9 +46,10 @@ def _rel_pos_bias_flops(spec) -> float:
 
 @pytest.mark.parametrize("spec", [SMALL_SPEC, sam_preset("vit_b")], ids=["small", "vit_b"])
 def test_listed_matmuls_are_the_encoders(spec):
-  # The CPU's global attention ('auto' also holds the accelerators' kernels, which a
+  # The CPU's fused attention ('auto' also holds the accelerators' kernels, which a
   # CPU program drops when lowered).
-  model = Sam(spec, query_chunk=spec.encoder.grid_size ** 2, global_attention_impl="xla")
+  model = Sam(spec, query_chunk=spec.encoder.grid_size ** 2, global_attention_impl="xla",
+              window_attention_impl="xla")
   size = spec.encoder.image_size
   variables = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
