@@ -2,7 +2,8 @@ r"""What one TPU chip holds for the full-size SPT train step and evaluation, com
 
     python -m benchmarks.tpu_compile --model vit_b --topology v5e:2x4 --mesh 2x2x2 \
         [--images 8] [--prompts 8] [--dtype float32] [--remat none] \
-        [--programs train,eval] [--attention auto] [--traffic-sources 0]
+        [--programs train,eval] [--attention auto] [--prompt-chunk 0] \
+        [--traffic-sources 0]
 
 Compiles with the real TPU compiler (libtpu, compile-only devices of the slice: see
 spt_jax/aot.py; nothing is allocated) the programs the main job runs on that slice,
@@ -12,8 +13,10 @@ with `--prompts` per-region box prompts each, and the evaluator's per-batch forw
 (`--images` images, one box each, metrics at a 1024 px canvas). `--attention` is
 the encoder's global attention (`model.global_attention_impl`: 'auto', the fused
 kernels, or 'chunked', the former core), `--remat` what the backward keeps of each
-encoder block (`model.remat`). `--model`, `--mesh`, `--dtype`, `--attention` and
-`--remat` take comma-separated lists; every combination is one row.
+encoder block (`model.remat`), `--prompt-chunk` the decoders' prompts per
+rematerialised pass (`model.prompt_chunk`, 0: all at once). `--model`, `--mesh`,
+`--dtype`, `--attention`, `--remat` and `--prompt-chunk` take comma-separated lists;
+every combination is one row.
 
 Per chip, from `compiled.memory_analysis()`: arguments (this chip's shards of the
 frozen base, the train state and the batch), temp (XLA's temporaries), peak
@@ -25,7 +28,9 @@ HBM, an estimate), and that traffic's time at the HBM bandwidth of a v5e chip an
 H100 (the memory side of a roofline: both programs are memory-bound, README).
 `--traffic-sources N` lists after each row the N places in the model that move the
 most of that traffic (`aot.hbm_traffic_by_source`); `--hlo-dir DIR` writes each
-compiled program's optimised HLO text there, to count or read again without compiling.
+compiled program's optimised HLO text there, to count or read again without compiling;
+`--xla-dump-dir DIR` has the TPU compiler dump its passes and buffer assignment there
+(the `*memory-usage-report.txt` files list the buffers that make up the temp).
 """
 
 import argparse
@@ -58,11 +63,12 @@ ABBREVIATIONS = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS",
 
 
 def compile_program(program: str, model_name: str, dtype: str, attention: str, remat: str,
-                    mesh_shape, devices, args):
+                    prompt_chunk: int, mesh_shape, devices, args):
   """(figures, compile seconds, the compiled program's optimised HLO text) of one
   program of `model_name` on the mesh."""
   model = Spt(sam_preset(model_name), dtype=jnp.dtype(dtype), remat=remat,
-              global_attention_impl=attention, relation_impl="auto")
+              global_attention_impl=attention, relation_impl="auto",
+              prompt_chunk=prompt_chunk)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
   spec = parallel.MeshSpec(shape=mesh_shape)
   start = time.perf_counter()
@@ -81,7 +87,8 @@ def compile_program(program: str, model_name: str, dtype: str, attention: str, r
     forward, inputs = Evaluator(config, model, "", spec,
                                 parallel.make_mesh(spec, devices)).program(variables)
     lowered = forward.lower(*inputs)
-  compiled = lowered.compile()
+  options = {"xla_dump_to": args.xla_dump_dir} if args.xla_dump_dir else None
+  compiled = lowered.compile(options)
   return aot.figures(compiled), time.perf_counter() - start, compiled.as_text()
 
 
@@ -104,6 +111,8 @@ def main():
   parser.add_argument("--dtype", default="float32", help="float32, bfloat16; comma list")
   parser.add_argument("--remat", default="none",
                       help="none, blocks, dots_with_no_batch_dims_saveable, ...; comma list")
+  parser.add_argument("--prompt-chunk", default="0",
+                      help="model.prompt_chunk: prompts per decoder pass; comma list")
   parser.add_argument("--programs", default="train,eval")
   parser.add_argument("--attention", default="auto",
                       help="global attention: auto (fused), chunked; comma list")
@@ -111,6 +120,9 @@ def main():
                       help="after each row, the N sources of the most HBM traffic")
   parser.add_argument("--hlo-dir", default="",
                       help="write each compiled program's optimised HLO text here")
+  parser.add_argument("--xla-dump-dir", default="",
+                      help="XLA's dumps of every compile here (HLO passes, buffer "
+                      "assignment, memory-usage report: what is live at the peak)")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")  # this host's own backend; TPU: compile only
   all_devices = aot.tpu_devices(args.topology)
@@ -119,7 +131,8 @@ def main():
         f"{hbm / GIB:.1f} GiB HBM each; global batch {args.images} images at 1024 px, "
         f"{args.prompts} box prompts each in training (1 in eval); GiB per chip, compiled "
         "by libtpu")
-  header = ("| model | program | dtype | attention | remat | mesh d x f x m | args | temp | "
+  header = ("| model | program | dtype | attention | remat | prompt chunk | mesh d x f x m | "
+            "args | temp | "
             "peak | fits | Mosaic calls | collectives | HBM GB | ms at v5e / H100 HBM | "
             "compile s |")
   print(header)
@@ -128,15 +141,16 @@ def main():
   print("(HBM GB*: a loop of unknown trip count counted once)")
   for model_name in args.model.split(","):
     for program in args.programs.split(","):
-      for dtype, attention, remat, mesh_shape in itertools.product(
-          args.dtype.split(","), args.attention.split(","), args.remat.split(","), meshes):
+      for dtype, attention, remat, chunk, mesh_shape in itertools.product(
+          args.dtype.split(","), args.attention.split(","), args.remat.split(","),
+          [int(c) for c in args.prompt_chunk.split(",")], meshes):
         figures, seconds, text = compile_program(
-            program, model_name, dtype, attention, remat, mesh_shape,
+            program, model_name, dtype, attention, remat, chunk, mesh_shape,
             all_devices[:math.prod(mesh_shape)], args)
         gib = lambda n: f"{n / GIB:.2f}"
         collectives = ", ".join(f"{ABBREVIATIONS[k]} {v}"
                                 for k, v in figures.collectives.items()) or "none"
-        print(f"| {model_name} | {program} | {dtype} | {attention} | {remat} | "
+        print(f"| {model_name} | {program} | {dtype} | {attention} | {remat} | {chunk} | "
               f"{'x'.join(map(str, mesh_shape))} | {gib(figures.arguments)} | "
               f"{gib(figures.temp)} | {gib(figures.peak)} | "
               f"{'yes' if figures.peak <= hbm else 'NO'} | {figures.mosaic_calls} | "
@@ -148,7 +162,7 @@ def main():
           print_traffic_sources(text, args.traffic_sources)
         if args.hlo_dir:
           os.makedirs(args.hlo_dir, exist_ok=True)
-          name = (f"{model_name}-{program}-{dtype}-{attention}-{remat}-"
+          name = (f"{model_name}-{program}-{dtype}-{attention}-{remat}-chunk{chunk}-"
                   f"{'x'.join(map(str, mesh_shape))}.hlo")
           with open(os.path.join(args.hlo_dir, name), "w") as f:
             f.write(text)

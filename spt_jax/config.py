@@ -12,7 +12,9 @@ Fields:
   model.adapters     AdapterSpec fields (LoRA rank/alpha/placement, VRA).
   model.sdt_steps    2: draft -> refine (SPT); 1: one decoder pass.
   model.relation_impl, global_attention_impl, window_attention_impl, dtype, remat,
-                     query_chunk: see spt_jax.spt.model / models.sam; cpu_scheduler: XLA:CPU's scheduler
+                     query_chunk, prompt_chunk: see spt_jax.spt.model / models.sam
+                     (prompt_chunk: the decoders' prompts per pass, each pass
+                     rematerialised; 0 = all at once); cpu_scheduler: XLA:CPU's scheduler
                      on a CPU mesh (spt_jax.parallel.cpu_scheduler; 'auto': the
                      memory-optimised one for train steps).
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
@@ -143,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
       adapters=_from_dataclass(AdapterSpec(lora_rank=8, vra=True)),
       sdt_steps=2, relation_impl="auto", global_attention_impl="auto",
       window_attention_impl="auto", dtype="float32",
-      remat="none", cpu_scheduler="auto", query_chunk=1024))
+      remat="none", cpu_scheduler="auto", query_chunk=1024, prompt_chunk=0))
   config.trainable = SPT_TRAINABLE
   config.data = ml_collections.ConfigDict()
   config.data.train = data_defaults(augment=True, shuffle=True, drop_remainder=True)

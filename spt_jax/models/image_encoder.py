@@ -110,8 +110,7 @@ class EncoderAttention(nn.Module):
     head_dim = dim // self.num_heads
     qkv_layer = Dense(3 * dim, lora_rank=self.lora_rank, lora_scaling=self.lora_scaling,
                       num_slots=3, lora_slots=(0, 2), dtype=self.dtype, name="qkv")
-    qkv = qkv_layer(x).reshape(batch, height, width, 3, self.num_heads, head_dim)
-    q, k, v = qkv.transpose(3, 0, 4, 1, 2, 5)  # each (B, H, h, w, C)
+    qkv = qkv_layer(x)  # (B, h, w, 3 D): q, k, v slots, each heads x channels
     rel_pos_h = self.param("rel_pos_h", nn.initializers.zeros,
                            (2 * self.rel_pos_grid[0] - 1, head_dim), jnp.float32)
     rel_pos_w = self.param("rel_pos_w", nn.initializers.zeros,
@@ -125,15 +124,15 @@ class EncoderAttention(nn.Module):
       extra = qkv_layer(tokens.value).reshape(self.vpt_tokens, 3, self.num_heads, head_dim)
       extra_kv = (extra[:, 1].swapaxes(0, 1), extra[:, 2].swapaxes(0, 1))  # (H, T, C)
     if extra_kv is None and self.impl != CHUNKED:
-      rel_h, rel_w = global_attention.rel_pos_terms(q, table_h, table_w)
-      tokens = lambda x: x.reshape(batch, self.num_heads, height * width, head_dim)
-      out = global_attention.global_attention(
-          tokens(q), tokens(k), tokens(v), rel_h, rel_w, impl=self.impl).reshape(q.shape)
+      out = global_attention.attention_from_qkv(qkv, table_h, table_w,
+                                                num_heads=self.num_heads, impl=self.impl)
     else:
+      q, k, v = qkv.reshape(batch, height, width, 3, self.num_heads, head_dim).transpose(
+          3, 0, 4, 1, 2, 5)  # each (B, H, h, w, C)
       out = attention.grid_attention_with_rel_pos(q, k, v, table_h, table_w,
                                                   query_chunk=self.query_chunk,
                                                   extra_kv=extra_kv)
-    out = out.transpose(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
+      out = out.transpose(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
     return Dense(dim, dtype=self.dtype, name="proj")(out)
 
 

@@ -73,6 +73,12 @@ class Spt(Sam):
   Attributes (beyond `Sam`'s):
     relation_impl: relation attention implementation for the VRA-Adapter.
     sdt_steps: number of decoder steps (stacked decoders).
+    prompt_chunk: 0 decodes all P prompts of an image at once; c > 0 with P > c
+      decodes them c at a time (a scan over ceil(P / c) chunks, the last padded),
+      each chunk rematerialised in the backward: a train step then holds one chunk's
+      image-sized decoder activations instead of P prompts' (for the decoders' forward
+      run twice and VRA's relation weights once per chunk). Under a mesh whose model
+      axis splits the prompts, c should be a multiple of its size.
 
   `remat` applies to the decoder steps too: rematerialised, a step's backward keeps
   only its inputs (the carry), not every prompt's image-sized activations.
@@ -80,8 +86,12 @@ class Spt(Sam):
   adapters: AdapterSpec = SPT_ADAPTERS
   relation_impl: str = "auto"
   sdt_steps: int = 2
+  prompt_chunk: int = 0
 
   def setup(self):
+    if not isinstance(self.prompt_chunk, int) or self.prompt_chunk < 0:
+      raise SptUserError(f"model.prompt_chunk={self.prompt_chunk!r}: expected 0 (all "
+                         "prompts at once) or a positive number of prompts per pass")
     self.setup_encoders()
     rematerialise, policy = remat_policy(self.remat)
     step = nn.remat(_SdtStep, policy=policy) if rematerialise else _SdtStep
@@ -96,10 +106,44 @@ class Spt(Sam):
     if multimask_output:
       raise SptUserError("SPT predicts one mask per prompt: use multimask_output=False")
     sparse, dense = self.encode_prompts(prompts)
-    mask_params = self.prompt_encoder.variables["params"]
-    _, (logits, iou) = self.decoders(dense.astype(jnp.float32), image_embeddings,
-                                     self.prompt_encoder.get_dense_pe(), sparse, mask_params)
+    inputs = (sparse, dense.astype(jnp.float32), image_embeddings,
+              self.prompt_encoder.get_dense_pe(), self.prompt_encoder.variables["params"])
+    per_image = sparse.shape[1]
+    if not self.prompt_chunk or per_image <= self.prompt_chunk:
+      logits, iou = _decode_all(self, *inputs)
+    else:
+      logits, iou = self._decode_in_chunks(*inputs)
     return SptOutput(logits, iou[0])
+
+  def _decode_in_chunks(self, sparse, dense, image_embeddings, image_pe, mask_params):
+    """`_decode_all` over chunks of `prompt_chunk` prompts, a rematerialised scan.
+
+    sparse (B, P, T, D), dense (B, P, h, w, D) -> logits (steps, B, P, 1, l, l), iou
+    (steps, B, P, 1).
+    """
+    batch, per_image = sparse.shape[:2]
+    chunk = self.prompt_chunk
+    count = -(-per_image // chunk)
+
+    def chunked(x):  # (B, P, ...) -> (count, B, chunk, ...), padded prompts zero
+      pad = [(0, 0), (0, count * chunk - per_image)] + [(0, 0)] * (x.ndim - 2)
+      x = jnp.pad(x, pad).reshape((batch, count, chunk) + x.shape[2:])
+      return jnp.moveaxis(x, 1, 0)
+
+    def body(module, carry, *args):
+      return carry, _decode_all(module, *args)
+
+    scan = nn.scan(nn.remat(body), variable_broadcast=("params", "adapters"),
+                   split_rngs={"params": False},
+                   in_axes=(0, 0) + (nn.broadcast,) * 3, length=count)
+    _, outputs = scan(self, None, chunked(sparse), chunked(dense), image_embeddings,
+                      image_pe, mask_params)
+
+    def unchunked(x):  # (count, steps, B, chunk, ...) -> (steps, B, P, ...)
+      x = jnp.moveaxis(x, 0, 2)
+      return x.reshape(x.shape[:2] + (count * chunk,) + x.shape[4:])[:, :, :per_image]
+
+    return tuple(unchunked(x) for x in outputs)
 
   def __call__(self, images: jax.Array, prompts: Prompts,
                multimask_output: bool = False) -> SptOutput:
@@ -108,6 +152,13 @@ class Spt(Sam):
   def touch_all_parameters(self, images: jax.Array) -> SptOutput:
     self.prompt_encoder.no_mask_dense(1)
     return self(images, example_prompts(self.spec, batch=images.shape[0]))
+
+
+def _decode_all(spt: Spt, sparse, dense, image_embeddings, image_pe, mask_params):
+  """All SDT steps for every prompt at once: (logits (steps, B, P, 1, l, l), iou
+  (steps, B, P, 1)); shapes as `Spt._decode_in_chunks`."""
+  _, outputs = spt.decoders(dense, image_embeddings, image_pe, sparse, mask_params)
+  return outputs
 
 
 def sam_params_to_spt(sam_params: dict, sdt_steps: int) -> dict:

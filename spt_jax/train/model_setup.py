@@ -60,7 +60,8 @@ def _spt(spec, adapters, sdt_steps, config):
              query_chunk=config.model.query_chunk, remat=config.model.remat,
              global_attention_impl=config.model.global_attention_impl,
              window_attention_impl=config.model.window_attention_impl,
-             relation_impl=config.model.relation_impl, sdt_steps=sdt_steps)
+             relation_impl=config.model.relation_impl, sdt_steps=sdt_steps,
+             prompt_chunk=config.model.prompt_chunk)
 
 
 def _check_same(what, from_file, from_config, base):

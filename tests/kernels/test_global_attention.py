@@ -114,3 +114,56 @@ def test_shape_errors(shapes, match):
   q = np.ones(q_shape, np.float32)
   with pytest.raises(SptUserError, match=match):
     ga.global_attention(q, q, q, np.ones(h_shape), np.ones(w_shape))
+
+
+def _from_qkv_inputs(batch, heads, height, width, channels, seed=1):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  qkv = jax.random.normal(keys[0], (batch, height, width, 3 * heads * channels))
+  qkv = qkv * jnp.repeat(jnp.array([3.0, 1.0, 1.0]), heads * channels)  # q scaled up
+  table_h = jax.random.normal(keys[1], (height, height, channels))
+  table_w = jax.random.normal(keys[2], (width, width, channels))
+  d_out = jax.random.normal(keys[3], (batch, height, width, heads * channels))
+  return qkv, table_h, table_w, d_out
+
+
+def _split_heads_attention(qkv, table_h, table_w, *, heads):
+  """The encoder's former route: heads split, rel-pos terms, the reference, merged."""
+  batch, height, width, _ = qkv.shape
+  grid = qkv.reshape(batch, height, width, 3, heads, -1).transpose(3, 0, 4, 1, 2, 5)
+  out = _grid_attention("reference", {}, grid[0], grid[1], grid[2], table_h, table_w)
+  return out.reshape(grid.shape[1:]).transpose(0, 2, 3, 1, 4).reshape(
+      batch, height, width, -1)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla", "pallas_tpu"])
+def test_attention_from_qkv(impl):
+  """Token-major qkv in, token-major out: the value and gradients (qkv, both tables) of
+  splitting heads by hand; 14 x 14 is a vit_b window (196 tokens, padded on TPU)."""
+  heads = 2
+  qkv, table_h, table_w, d_out = _from_qkv_inputs(2, heads, 14, 14, 16)
+  options = FUSED.get(impl, {})
+  fn = functools.partial(ga.attention_from_qkv, num_heads=heads, impl=impl, **options)
+  want_out, want_vjp = jax.vjp(functools.partial(_split_heads_attention, heads=heads),
+                               qkv, table_h, table_w)
+  got_out, got_vjp = jax.vjp(fn, qkv, table_h, table_w)
+  names = ("out", "d_qkv", "d_table_h", "d_table_w")
+  for name, g, w in zip(names, (got_out, *got_vjp(d_out)), (want_out, *want_vjp(d_out))):
+    _assert_close(f"{impl} {name}", g, w, TOLERANCE["float32"])
+
+
+def test_attention_from_qkv_keeps_qkv_output_and_statistics():
+  """What the backward keeps: qkv and the output token-major, each row's log-sum-exp,
+  the tables; no head-major copy and no rel-pos terms."""
+  heads, height, width, channels = 2, 14, 14, 16
+  qkv, table_h, table_w, _ = _from_qkv_inputs(2, heads, height, width, channels)
+  fn = lambda qkv: ga.attention_from_qkv(qkv, table_h, table_w, num_heads=heads,
+                                         impl="xla")
+  kept = jax.tree_util.tree_leaves(jax.vjp(fn, qkv)[1])
+  want = qkv.size + qkv.size // 3 + 2 * heads * height * width + table_h.size + table_w.size
+  assert sum(x.size for x in kept) == want
+
+
+def test_attention_from_qkv_shape_error():
+  with pytest.raises(SptUserError, match="qkv must have shape .* H = 3"):
+    ga.attention_from_qkv(np.ones((1, 4, 4, 16), np.float32), np.ones((4, 4, 2)),
+                          np.ones((4, 4, 2)), num_heads=3)

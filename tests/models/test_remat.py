@@ -1,4 +1,5 @@
-"""model.remat: the names it takes, and that rematerialised blocks compute the same."""
+"""model.remat and model.prompt_chunk: the values they take, and that rematerialised
+blocks and chunked prompts compute the same."""
 
 import jax
 import jax.numpy as jnp
@@ -50,3 +51,39 @@ def test_rematerialised_gradients_equal_plain_ones():
     for got, want in zip(adapter_grads(remat, variables), plain):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
                                  err_msg=remat)
+
+
+def test_prompt_chunks_compute_the_same():
+  """model.prompt_chunk: five prompts per image decoded 2 or 3 at a time (the last chunk
+  padded) give the logits, IoUs and adapter gradients of decoding all five at once."""
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  boxes = jnp.array([[[3.0, 4.0, 20.0, 25.0]]]) + jnp.arange(5.0)[None, :, None]
+  prompts = Prompts(boxes=jnp.tile(boxes, (2, 1, 1)))
+  adapters = AdapterSpec(lora_rank=4, vra=True)
+  variables = init_variables(Spt(MICRO_SPEC, adapters), jax.random.PRNGKey(0))
+  variables["adapters"] = jax.tree_util.tree_map(lambda x: x + 0.1, variables["adapters"])
+
+  def run(chunk):
+    model = Spt(MICRO_SPEC, adapters, prompt_chunk=chunk)
+    def loss(trained):
+      out = model.apply({"params": variables["params"], "adapters": trained}, images,
+                        prompts)
+      weights = jnp.cos(jnp.arange(out.logits.size).reshape(out.logits.shape))
+      return jnp.sum(out.logits * weights) + jnp.sum(out.iou), out
+    return jax.jit(jax.grad(loss, has_aux=True))(variables["adapters"])
+
+  want_grads, want = run(0)
+  for chunk in (2, 3):
+    grads, got = run(chunk)
+    assert got.logits.shape == want.logits.shape == (2, 2, 5, 1, 16, 16)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.iou, want.iou, rtol=1e-5, atol=1e-6)
+    for g, w in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(),
+                                 err_msg=f"chunk {chunk}")
+
+
+def test_prompt_chunk_must_be_a_count():
+  for bad in (-1, 2.5):
+    with pytest.raises(SptUserError, match="model.prompt_chunk=.*expected 0"):
+      init_variables(Spt(MICRO_SPEC, prompt_chunk=bad), jax.random.PRNGKey(0))
