@@ -158,8 +158,10 @@ def test_remat_lowers_the_compiled_temp(tpu_devices):
                                              images).compile()
     return aot.figures(compiled).temp
 
+  # Measured after the lean residuals: 365 MB without remat, 317 MB with (before them
+  # the saving was over 40%: the backward kept far more without remat).
   none, blocks = temp("none"), temp("blocks")
-  assert 0 < blocks < 0.6 * none, (blocks, none)
+  assert 0 < blocks < 0.95 * none, (blocks, none)
 
 
 MESHES = (  # (topology, chips, mesh data x fsdp x model)

@@ -47,6 +47,8 @@ def _train_step_temp(remat: str, scheduler: str) -> int:
 
 
 def test_remat_saves_more_cpu_memory_with_the_memory_optimised_scheduler():
-  """Measured with this small SAM: no remat 118 MiB; remat 'blocks' 68 MiB with XLA's
-  default scheduler, 45 MiB with the memory-optimised one ('auto' for a train step)."""
-  assert _train_step_temp("blocks", "auto") < 0.75 * _train_step_temp("blocks", "default")
+  """Measured with this small SAM before the lean residuals (GELU/LayerNorm custom VJPs,
+  attention from qkv): remat 'blocks' 68 MiB with XLA's default scheduler, 45 MiB with
+  the memory-optimised one ('auto' for a train step); after them 60.5 and 48.6 MiB (the
+  backward keeps less without remat, so remat has less to save)."""
+  assert _train_step_temp("blocks", "auto") < 0.9 * _train_step_temp("blocks", "default")
