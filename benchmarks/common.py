@@ -104,6 +104,18 @@ def min_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
   return best
 
 
+def interleaved_min_times(calls: dict, runs: int) -> dict:
+  """Minimum seconds of each zero-argument call (its result waited for), the calls'
+  runs interleaved round-robin, which spreads a shared machine's noise over all."""
+  best = {name: float("inf") for name in calls}
+  for _ in range(runs):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
   """(fn(), seconds)."""
   start = time.perf_counter()

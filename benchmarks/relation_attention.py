@@ -15,7 +15,6 @@ whose time and memory say nothing about the kernel, so it is listed as skipped.
 import argparse
 import os
 import sys
-import time
 
 if __package__ in (None, ""):  # Run as a script: make the repository importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +22,7 @@ if __package__ in (None, ""):  # Run as a script: make the repository importable
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+from benchmarks.common import interleaved_min_times  # pylint: disable=g-import-not-at-top
 from spt_jax.kernels import relation_attention  # pylint: disable=g-import-not-at-top
 
 C = 256
@@ -41,20 +41,6 @@ def _functions(impl):
   return {"fwd": jax.jit(attend), "fwd+bwd": jax.jit(forward_backward)}
 
 
-def _interleaved_min_times(calls, runs):
-  """Minimum seconds of each zero-argument call, runs interleaved round-robin.
-
-  Interleaving spreads the noise of a shared machine over all candidates.
-  """
-  best = {name: float("inf") for name in calls}
-  for _ in range(runs):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      best[name] = min(best[name], time.perf_counter() - start)
-  return best
-
-
 def _measure(n, d, dtype, impls, runs):
   keys = jax.random.split(jax.random.key(0), 3)
   e = jax.random.normal(keys[0], (1, n, C), dtype)
@@ -69,7 +55,7 @@ def _measure(n, d, dtype, impls, runs):
       calls[impl, pass_name] = (
           lambda c=compiled, a=args[pass_name]: c(*a))
       jax.block_until_ready(calls[impl, pass_name]())  # Warm-up.
-  return memory, _interleaved_min_times(calls, runs)
+  return memory, interleaved_min_times(calls, runs)
 
 
 def main():

@@ -1,21 +1,25 @@
-r"""SPT on ViT-B at 1024 on this machine: forward, train step, and the PyTorch reference.
+r"""SPT on ViT-B at 1024: forward, train step, and the PyTorch reference, on this
+machine's CPU or on an attached GPU.
 
     python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1] \
         [--host-malloc keep|system|auto] [--attention auto,chunked] [--remat none] \
-        [--cpu-scheduler default,memory_optimized]
+        [--dtype float32] [--prompt-chunk 0] [--cpu-scheduler default,memory_optimized]
 
 Measures, after a warm-up, the minimum of several runs of
   - the spt_jax SPT forward (encoder + draft + refine) and its train step (forward,
     backward through the encoder's LoRA, AdamW update of the adapters only), once per
     global attention in `--attention` (`model.global_attention_impl`: 'auto', the
-    fused kernels; 'chunked', the former core);
+    fused kernels; 'chunked', the former core; 'reference', the materialised scores);
   - an independent PyTorch SPT (Meta's modules + LoRA + VRA + SDT, tests/spt_reference)
-    forward on the same weights and input;
+    forward on the same weights and input, float32, on the same device (a CUDA GPU
+    where JAX runs on one and PyTorch sees it);
 and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the compiled
-temp memory of both JAX programs and the process's peak RSS. `--attention`, `--remat`
-(`model.remat`) and `--cpu-scheduler` (XLA:CPU's instruction scheduler, set per
-program: `spt_jax.parallel.cpu_scheduler`) take comma lists; every combination is
-one row, all measured in this one process.
+temp memory of both JAX programs and the process's peak RSS (on a GPU also the
+device's peak memory in use). `--attention`, `--remat` (`model.remat`), `--dtype`
+(`model.dtype`), `--prompt-chunk` (`model.prompt_chunk`) and `--cpu-scheduler`
+(XLA:CPU's instruction scheduler, set per program: `spt_jax.parallel.cpu_scheduler`;
+ignored on a GPU) take comma lists; every combination is one row, all measured in
+this one process.
 """
 
 import itertools
@@ -52,6 +56,11 @@ def main():
                       help="model.remat: none, blocks, ...; comma list")
   parser.add_argument("--attention", default="auto,chunked",
                       help="the encoder's global attention implementations, comma list")
+  parser.add_argument("--dtype", default="float32",
+                      help="model.dtype: float32, bfloat16; comma list")
+  parser.add_argument("--prompt-chunk", default="0",
+                      help="model.prompt_chunk: 0 (all prompts at once) or prompts per "
+                      "pass; comma list")
   parser.add_argument("--cpu-scheduler", default="default",
                       help=f"XLA:CPU scheduler: {', '.join(cpu_scheduler.SCHEDULERS)}; "
                       "comma list")
@@ -75,12 +84,36 @@ def main():
            "prompt_regions": np.zeros((1, size, size), np.uint8)}
   prompt_config = PromptConfig(max_prompts=args.prompts, per_region=args.prompts > 1)
 
-  rows = []
-  for attention, remat, scheduler in itertools.product(
-      args.attention.split(","), args.remat.split(","), args.cpu_scheduler.split(",")):
-    options = cpu_scheduler.compiler_options(scheduler)
-    model = Spt(spec, relation_impl="xla", remat=remat,
-                global_attention_impl=attention)
+  on_gpu = jax.default_backend() == "gpu"
+  device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
+  torch_model.to(device)
+  image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)
+  boxes_torch = torch.from_numpy(boxes).to(device)
+  synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
+  torch_time = min_time(lambda: (torch_model(image_torch, boxes=boxes_torch),
+                                 synchronize()), args.runs)
+  del torch_model, image_torch
+  if device == "cuda":
+    torch.cuda.empty_cache()
+
+  print(f"{args.model}, {size}x{size}, {args.prompts} box prompt(s), "
+        f"devices {jax.devices()}, torch on {device} ({torch.get_num_threads()} threads), "
+        f"{malloc_note}")
+  tf32 = f", TF32 products {torch.backends.cuda.matmul.allow_tf32}" if device == "cuda" else ""
+  print(f"torch SPT forward (float32{tf32}): {torch_time:.3f} s; jax float32 products at "
+        f"{jax.config.jax_default_matmul_precision or 'the default precision'}")
+  print("| global attention | remat | dtype | prompt chunk | CPU scheduler | jax forward s "
+        "| temp MiB | "
+        "train step s | temp MiB | step / forward (goal <= 2.5) | torch / jax forward "
+        "(goal >= 1.5) | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  schedulers = ["-"] if on_gpu else args.cpu_scheduler.split(",")
+  for attention, remat, dtype, chunk, scheduler in itertools.product(
+      args.attention.split(","), args.remat.split(","), args.dtype.split(","),
+      args.prompt_chunk.split(","), schedulers):
+    options = None if on_gpu else cpu_scheduler.compiler_options(scheduler)
+    model = Spt(spec, remat=remat, global_attention_impl=attention, dtype=dtype,
+                prompt_chunk=int(chunk))
     variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
                                         "torch SPT", SPT_LAYOUT)
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
@@ -98,27 +131,18 @@ def main():
         train_state, frozen, batch).compile(options))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
-    rows.append((f"{attention} | {remat} | {scheduler}", forward_time, forward_compile,
-                 compiled_forward.memory_analysis().temp_size_in_bytes, step_time,
-                 step_compile, compiled_step.memory_analysis().temp_size_in_bytes))
-
-  image_torch = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
-  boxes_torch = torch.from_numpy(boxes)
-  torch_time = min_time(lambda: torch_model(image_torch, boxes=boxes_torch), args.runs)
+    forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes
+    step_temp = compiled_step.memory_analysis().temp_size_in_bytes
+    print(f"| {attention} | {remat} | {dtype} | {chunk} | {scheduler} | {forward_time:.3f} "
+          f"| {_mib(forward_temp):,.0f} | {step_time:.3f} | {_mib(step_temp):,.0f} | "
+          f"{step_time / forward_time:.2f} | {torch_time / forward_time:.2f} | "
+          f"{forward_compile:.0f} + {step_compile:.0f} |", flush=True)
 
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-  print(f"{args.model}, {size}x{size}, {args.prompts} box prompt(s), float32, "
-        f"devices {jax.devices()}, torch threads {torch.get_num_threads()}, {malloc_note}")
-  print(f"torch SPT forward: {torch_time:.2f} s")
-  print("| global attention | remat | CPU scheduler | jax forward s | temp MiB | "
-        "train step s | temp MiB | step / forward (goal <= 2.5) | torch / jax forward "
-        "(goal >= 1.5) | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for attention, fwd, fwd_compile, fwd_temp, step, step_compile, step_temp in rows:
-    print(f"| {attention} | {fwd:.2f} | {_mib(fwd_temp):,.0f} | {step:.2f} | "
-          f"{_mib(step_temp):,.0f} | {step / fwd:.2f} | {torch_time / fwd:.2f} | "
-          f"{fwd_compile:.0f} + {step_compile:.0f} |")
   print(f"peak RSS of this process (both frameworks, both models): {peak_rss:.1f} GiB")
+  if on_gpu:
+    stats = jax.devices()[0].memory_stats() or {}
+    print(f"JAX's peak GPU memory in use: {_mib(stats.get('peak_bytes_in_use', 0)):,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ class LoraLinear(nn.Module):
         deltas.append(x @ a.T @ b.T * self.scaling)
         group += 1
       else:
-        deltas.append(torch.zeros(x.shape[:-1] + (slot_width,), dtype=x.dtype))
+        deltas.append(torch.zeros(x.shape[:-1] + (slot_width,), dtype=x.dtype,
+                                  device=x.device))
     return out + torch.cat(deltas, dim=-1)
 
 
@@ -53,7 +54,7 @@ def relation_matrix(embedding, alpha=0.0):
   """The VRA relation matrix S for embedding (1, N, C): (1, N, N), rows renormalised."""
   normalized = embedding / (embedding.norm(dim=-1, keepdim=True) + 1e-16)
   similarity = normalized @ normalized.transpose(-2, -1)
-  similarity = similarity + torch.eye(similarity.shape[-1])[None] * -1e16
+  similarity = similarity + torch.eye(similarity.shape[-1], device=embedding.device)[None] * -1e16
   relation = torch.softmax(similarity, dim=-1)
   if alpha > 0:
     kept = relation * (relation > alpha / relation.shape[-1]).float()

@@ -4,6 +4,8 @@ Forward and every gradient (q, k, v and, through the rel-pos terms, both tables)
 each implementation are compared with autodiff of the reference on the same inputs:
 max |x - ref| <= tol * max |ref| per tensor (2e-5 float32, 3e-2 bfloat16). Queries
 are scaled up so that scores reach ~100: a missing or wrong max shift overflows.
+The Pallas kernels run in interpret mode, beside an attached GPU the Triton ones
+compiled on it (tests/attached_gpu.py).
 """
 
 import functools
@@ -13,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attached_gpu import PALLAS_GPU_OPTIONS
 from jaxpr_sizes import largest_intermediate
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention as ga
 
 TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
-FUSED = {"xla": {}, "pallas_tpu": {"interpret": True}, "pallas_gpu": {"interpret": True}}
+FUSED = {"xla": {}, "pallas_tpu": {"interpret": True}, "pallas_gpu": PALLAS_GPU_OPTIONS}
 
 
 def _inputs(batch, heads, height, width, channels, dtype, seed=0):

@@ -1,7 +1,8 @@
 """Relation attention: every implementation against the materialised reference.
 
 The Pallas kernels run in interpret mode on CPU: the same kernel code that runs
-on TPU / GPU, executed by XLA. Forward outputs and both gradients (w.r.t. e and
+on TPU / GPU, executed by XLA (beside an attached GPU the Triton kernels run
+compiled on it: tests/attached_gpu.py). Forward outputs and both gradients (w.r.t. e and
 v, for a random cotangent) are compared with autodiff of the reference.
 
 Tolerance: max |x - ref| <= tol * max |ref| per tensor, tol 2e-5 for float32
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attached_gpu import PALLAS_GPU_OPTIONS
 from jaxpr_sizes import largest_intermediate
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import IMPLS
@@ -39,7 +41,7 @@ TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
 FUSED = {
     "xla": {},
     "pallas_tpu": {"interpret": True},
-    "pallas_gpu": {"interpret": True},
+    "pallas_gpu": PALLAS_GPU_OPTIONS,
 }
 
 
