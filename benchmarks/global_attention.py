@@ -13,7 +13,8 @@ the forward (q k^T and p v) and 14 N^2 C for forward + backward (flash attention
 count: the backward's five N x N products, none of the kernels' recomputation).
 
 The platform's Pallas kernel runs where it runs natively (pallas_gpu on a GPU, once
-per `--gpu-blocks` entry: block_q x block_k x num_warps x num_stages; pallas_tpu on
+per `--gpu-blocks` entry: block_q x block_k x num_warps x num_stages, a row saying so
+where an entry does not compile, e.g. blocks beyond the shared memory; pallas_tpu on
 a TPU); on a CPU Pallas runs only in interpret mode, which measures nothing of the
 kernel, so it is listed as skipped.
 """
@@ -69,15 +70,20 @@ def _inputs(grid, heads, channels, dtype):
 
 
 def _measure(candidates, args, dtype):
+  """(temp bytes, seconds) per (label, pass) that compiled, and the others' errors."""
   inputs = _inputs(args.grid, args.heads, args.channels, dtype)
-  memory, calls = {}, {}
+  memory, calls, failed = {}, {}, {}
   for label, impl, options in candidates:
     for pass_name, program in _programs(impl, options, args.heads).items():
-      compiled = program.lower(*inputs[pass_name]).compile()
+      try:
+        compiled = program.lower(*inputs[pass_name]).compile()
+      except jax.errors.JaxRuntimeError as error:  # e.g. blocks beyond shared memory
+        failed[label, pass_name] = str(error).splitlines()[0]
+        continue
       memory[label, pass_name] = compiled.memory_analysis().temp_size_in_bytes
       calls[label, pass_name] = functools.partial(compiled, *inputs[pass_name])
       jax.block_until_ready(calls[label, pass_name]())  # warm-up
-  return memory, interleaved_min_times(calls, args.runs)
+  return memory, interleaved_min_times(calls, args.runs), failed
 
 
 def main():
@@ -107,9 +113,13 @@ def main():
   print("| dtype | impl | pass | temp MiB | x ref | time ms | x ref | TFLOP/s |")
   print("|---|---|---|---|---|---|---|---|")
   for dtype in args.dtype.split(","):
-    memory, times = _measure(candidates, args, jnp.dtype(dtype))
+    memory, times, failed = _measure(candidates, args, jnp.dtype(dtype))
     for label, _, _ in candidates:
       for pass_name in ("fwd", "fwd+bwd"):
+        if (label, pass_name) in failed:
+          print(f"| {dtype} | {label} | {pass_name} | did not compile: "
+                f"{failed[label, pass_name]} |||||")
+          continue
         mem, sec = memory[label, pass_name], times[label, pass_name]
         ref_mem, ref_sec = memory["reference", pass_name], times["reference", pass_name]
         print(f"| {dtype} | {label} | {pass_name} | {mem / MIB:,.1f} | "

@@ -39,9 +39,9 @@ def _scores(q, k, rel_h, rel_w, onehot_h, onehot_w, k_start, scale, n_keys):
   rel_h (bq, h), rel_w (bq, w): the queries' rel-pos terms; onehot_h (h, bk) and
   onehot_w (w, bk): the keys' grid rows and columns.
   """
-  s = rc.dot_nt(q, k) * scale
-  s += rc.dot_nn(rel_h, onehot_h.astype(rel_h.dtype))
-  s += rc.dot_nn(rel_w, onehot_w.astype(rel_w.dtype))
+  s = rc.triton_dot_nt(q, k) * scale
+  s += rc.triton_dot_nn(rel_h, onehot_h.astype(rel_h.dtype))
+  s += rc.triton_dot_nn(rel_w, onehot_w.astype(rel_w.dtype))
   if n_keys is not None:
     cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
     s = jnp.where(cols < n_keys, s, rc.PAD_SCORE)
@@ -59,7 +59,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, rel_h_ref, rel_w_ref, onehot_h_ref,
     s = _scores(q, k_ref[keys, :], rel_h, rel_w, onehot_h_ref[:, keys],
                 onehot_w_ref[:, keys], j * block_k, scale, n_keys)
     m, l, p, corr = rc.online_softmax_update(m, l, s)
-    return m, l, acc * corr + rc.dot_nn(p.astype(v_ref.dtype), v_ref[keys, :])
+    return m, l, acc * corr + rc.triton_dot_nn(p.astype(v_ref.dtype), v_ref[keys, :])
 
   rows = q.shape[0]
   m, l, acc = lax.fori_loop(0, k_ref.shape[0] // block_k, body, (
@@ -82,9 +82,9 @@ def _query_grad_kernel(q_ref, k_ref, v_ref, rel_h_ref, rel_w_ref, onehot_h_ref,
     onehot_h, onehot_w = onehot_h_ref[:, keys], onehot_w_ref[:, keys]
     k = k_ref[keys, :]
     s = _scores(q, k, rel_h, rel_w, onehot_h, onehot_w, j * block_k, scale, n_keys)
-    ds = rc.score_grad(jnp.exp(s - lse), rc.dot_nt(d_out, v_ref[keys, :]), delta)
-    return (dq + scale * rc.dot_nn(ds.astype(k.dtype), k),
-            d_rel_h + rc.dot_nt(ds, onehot_h), d_rel_w + rc.dot_nt(ds, onehot_w))
+    ds = rc.score_grad(jnp.exp(s - lse), rc.triton_dot_nt(d_out, v_ref[keys, :]), delta)
+    return (dq + scale * rc.triton_dot_nn(ds.astype(k.dtype), k),
+            d_rel_h + rc.triton_dot_nt(ds, onehot_h), d_rel_w + rc.triton_dot_nt(ds, onehot_w))
 
   zeros = lambda ref: jnp.zeros(ref.shape, jnp.float32)
   grads = lax.fori_loop(0, k_ref.shape[0] // block_k, body,
@@ -108,9 +108,9 @@ def _key_grad_kernel(kb_ref, vb_ref, onehot_h_ref, onehot_w_ref, q_ref, rel_h_re
     s = _scores(q, k, rel_h_ref[rows, :], rel_w_ref[rows, :], onehot_h, onehot_w,
                 k_start, scale, n_keys)
     p = jnp.exp(s - lse_ref[rows][:, None])
-    ds = rc.score_grad(p, rc.dot_nt(d_out, v), delta_ref[rows][:, None])
-    return (dk + scale * rc.dot_tn(ds.astype(q.dtype), q),
-            dv + rc.dot_tn(p.astype(d_out.dtype), d_out))
+    ds = rc.score_grad(p, rc.triton_dot_nt(d_out, v), delta_ref[rows][:, None])
+    return (dk + scale * rc.triton_dot_tn(ds.astype(q.dtype), q),
+            dv + rc.triton_dot_tn(p.astype(d_out.dtype), d_out))
 
   zeros = lambda ref: jnp.zeros(ref.shape, jnp.float32)
   dk, dv = lax.fori_loop(0, q_ref.shape[0] // block_q, body,

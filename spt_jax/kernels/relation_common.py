@@ -14,6 +14,8 @@ hold a full row: p = exp(s - lse), then (alpha > 0) zeroed where <= alpha / N
 and scaled by zinv.
 """
 
+import functools
+
 from jax import lax
 import jax.numpy as jnp
 
@@ -77,13 +79,14 @@ def mask_scores(g, q_start, k_start, n_keys=None):
   return s
 
 
-def block_scores(e_q, e_k, q_start, k_start, n_keys=None):
+def block_scores(e_q, e_k, q_start, k_start, n_keys=None, precision=None):
   """Normalises two row blocks and returns their masked cosine scores.
 
   Args:
     e_q: (bq, C) query rows of E, starting at global row q_start.
     e_k: (bk, C) key rows of E, starting at global row k_start.
     n_keys: true number of keys (None: the block holds no padding).
+    precision: operand dtype -> the product's precision (default `dot_precision`).
 
   Returns:
     s: (bq, bk) float32 scores; en_q, en_k: the normalised blocks, cast back
@@ -91,7 +94,8 @@ def block_scores(e_q, e_k, q_start, k_start, n_keys=None):
   """
   en_q = normalize_rows(e_q).astype(e_q.dtype)
   en_k = normalize_rows(e_k).astype(e_k.dtype)
-  return mask_scores(dot_nt(en_q, en_k), q_start, k_start, n_keys), en_q, en_k
+  scores = dot_nt(en_q, en_k, precision or dot_precision)
+  return mask_scores(scores, q_start, k_start, n_keys), en_q, en_k
 
 
 def online_softmax_update(m_prev, l_prev, s):
@@ -153,25 +157,42 @@ def dot_precision(dtype):
   return lax.Precision.DEFAULT
 
 
-def dot_nt(a, b):
-  """a (m, k) @ b (n, k).T -> (m, n) float32."""
+def triton_dot_precision(dtype):
+  """The Triton kernels' products: float32 operands at the program's matmul precision
+  (`jax_default_matmul_precision`), as XLA:GPU's own float32 products are: unset,
+  TF32 on the tensor cores; 'highest', full float32 (on the CUDA cores: the vit_b
+  global attention's forward measured 22x slower than in bfloat16 on an H200).
+  Narrower operands native."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return None  # lax.dot_general then reads jax_default_matmul_precision
+  return lax.Precision.DEFAULT
+
+
+def dot_nt(a, b, precision=dot_precision):
+  """a (m, k) @ b (n, k).T -> (m, n) float32; precision: operand dtype -> precision."""
   return lax.dot_general(
-      a, b, (((1,), (1,)), ((), ())), precision=dot_precision(a.dtype),
+      a, b, (((1,), (1,)), ((), ())), precision=precision(a.dtype),
       preferred_element_type=jnp.float32)
 
 
-def dot_tn(a, b):
-  """a (k, m).T @ b (k, n) -> (m, n) float32."""
+def dot_tn(a, b, precision=dot_precision):
+  """a (k, m).T @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
   return lax.dot_general(
-      a, b, (((0,), (0,)), ((), ())), precision=dot_precision(a.dtype),
+      a, b, (((0,), (0,)), ((), ())), precision=precision(a.dtype),
       preferred_element_type=jnp.float32)
 
 
-def dot_nn(a, b):
-  """a (m, k) @ b (k, n) -> (m, n) float32."""
+def dot_nn(a, b, precision=dot_precision):
+  """a (m, k) @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
   return lax.dot_general(
-      a, b, (((1,), (0,)), ((), ())), precision=dot_precision(a.dtype),
+      a, b, (((1,), (0,)), ((), ())), precision=precision(a.dtype),
       preferred_element_type=jnp.float32)
+
+
+# The products of the Triton kernels (triton_dot_precision).
+triton_dot_nt = functools.partial(dot_nt, precision=triton_dot_precision)
+triton_dot_tn = functools.partial(dot_tn, precision=triton_dot_precision)
+triton_dot_nn = functools.partial(dot_nn, precision=triton_dot_precision)
 
 
 def output_grad_dot(out, d_out):

@@ -49,7 +49,7 @@ def _feature_dot_nt(a_ref, a_rows, b_ref, b_rows, shape, block_d):
   """
   def tile(t, acc):
     cols = pl.ds(t * block_d, block_d)
-    return acc + rc.dot_nt(a_ref[a_rows, cols], b_ref[b_rows, cols])
+    return acc + rc.triton_dot_nt(a_ref[a_rows, cols], b_ref[b_rows, cols])
   return lax.fori_loop(0, a_ref.shape[1] // block_d, tile,
                        jnp.zeros(shape, jnp.float32))
 
@@ -67,10 +67,10 @@ def _softmax_kernel(eq_ref, e_ref, *refs, n_keys, block_k, with_values):
     m, l, acc = carry
     keys = pl.ds(j * block_k, block_k)
     s, _, _ = rc.block_scores(e_q, e_ref[keys, :], i * bq, j * block_k,
-                              n_keys)
+                              n_keys, rc.triton_dot_precision)
     m, l, p, corr = rc.online_softmax_update(m, l, s)
     if with_values:
-      acc = acc * corr + rc.dot_nn(p.astype(v_ref.dtype), v_ref[keys, :])
+      acc = acc * corr + rc.triton_dot_nn(p.astype(v_ref.dtype), v_ref[keys, :])
     return m, l, acc
 
   init = (jnp.full((bq, 1), -jnp.inf, jnp.float32),
@@ -95,10 +95,10 @@ def _kept_kernel(eq_ref, e_ref, v_ref, lse_ref, out_ref, zinv_ref, *, n_keys,
     z, acc = carry
     keys = pl.ds(j * block_k, block_k)
     s, _, _ = rc.block_scores(e_q, e_ref[keys, :], i * bq, j * block_k,
-                              n_keys)
+                              n_keys, rc.triton_dot_precision)
     p = rc.probs_from_stats(s, lse, 1.0, threshold)
     return (z + jnp.sum(p, axis=-1, keepdims=True),
-            acc + rc.dot_nn(p.astype(v_ref.dtype), v_ref[keys, :]))
+            acc + rc.triton_dot_nn(p.astype(v_ref.dtype), v_ref[keys, :]))
 
   init = (jnp.zeros((bq, 1), jnp.float32),
           jnp.zeros((bq, v_ref.shape[1]), jnp.float32))
@@ -122,12 +122,12 @@ def _row_grad_kernel(eq_ref, e_ref, v_ref, do_ref, lse_ref, zinv_ref,
   def body(j, acc):
     keys = pl.ds(j * block_k, block_k)
     s, _, en_k = rc.block_scores(e_q, e_ref[keys, :], i * bq, j * block_k,
-                                 n_keys)
+                                 n_keys, rc.triton_dot_precision)
     p = rc.probs_from_stats(s, lse, zinv, threshold)
     dp = _feature_dot_nt(do_ref, slice(None), v_ref, keys, (bq, block_k),
                          block_d)
     ds = rc.score_grad(p, dp, delta)
-    return acc + rc.dot_nn(ds.astype(en_k.dtype), en_k)
+    return acc + rc.triton_dot_nn(ds.astype(en_k.dtype), en_k)
 
   d_en_ref[...] = lax.fori_loop(0, e_ref.shape[0] // block_k, body,
                                 jnp.zeros(d_en_ref.shape, jnp.float32))
@@ -143,13 +143,13 @@ def _column_grad_kernel(ek_ref, d_en_row_ref, vk_ref, e_ref, do_ref, lse_ref,
   def body(i, acc):
     queries = pl.ds(i * block_q, block_q)
     s, en_q, _ = rc.block_scores(e_ref[queries, :], e_k, i * block_q, j * bk,
-                                 n_keys)
+                                 n_keys, rc.triton_dot_precision)
     p = rc.probs_from_stats(s, _column(lse_ref, queries),
                             _column(zinv_ref, queries), threshold)
     dp = _feature_dot_nt(do_ref, queries, vk_ref, slice(None),
                          (block_q, bk), block_d)
     ds = rc.score_grad(p, dp, _column(delta_ref, queries))
-    return acc + rc.dot_tn(ds.astype(en_q.dtype), en_q)
+    return acc + rc.triton_dot_tn(ds.astype(en_q.dtype), en_q)
 
   d_en_col = lax.fori_loop(0, e_ref.shape[0] // block_q, body,
                            jnp.zeros(de_ref.shape, jnp.float32))
@@ -166,10 +166,10 @@ def _value_grad_kernel(ek_ref, e_ref, do_ref, lse_ref, zinv_ref, dv_ref, *,
   def body(i, acc):
     queries = pl.ds(i * block_q, block_q)
     s, _, _ = rc.block_scores(e_ref[queries, :], e_k, i * block_q, j * bk,
-                              n_keys)
+                              n_keys, rc.triton_dot_precision)
     p = rc.probs_from_stats(s, _column(lse_ref, queries),
                             _column(zinv_ref, queries), threshold)
-    return acc + rc.dot_tn(p.astype(do_ref.dtype), do_ref[queries, :])
+    return acc + rc.triton_dot_tn(p.astype(do_ref.dtype), do_ref[queries, :])
 
   dv = lax.fori_loop(0, e_ref.shape[0] // block_q, body,
                      jnp.zeros(dv_ref.shape, jnp.float32))

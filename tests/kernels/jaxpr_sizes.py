@@ -1,17 +1,27 @@
-"""What a traced program holds: the largest value in a jaxpr, sub-jaxprs included."""
+"""What a traced program holds, sub-jaxprs (kernels, loops) included: its largest
+value, the precisions of its matrix products."""
 
 import numpy as np
 
 
-def largest_intermediate(jaxpr) -> int:
-  """Largest element count of any value in a jaxpr and its sub-jaxprs."""
-  largest = 0
+def _equations(jaxpr):
+  """Every equation of a jaxpr and of its sub-jaxprs."""
   for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
+    yield eqn
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):
         sub = getattr(sub, "jaxpr", sub)
         if hasattr(sub, "eqns"):
-          largest = max(largest, largest_intermediate(sub))
-  return largest
+          yield from _equations(sub)
+
+
+def largest_intermediate(jaxpr) -> int:
+  """Largest element count of any value in a jaxpr and its sub-jaxprs."""
+  return max((int(np.prod(getattr(var.aval, "shape", ())))
+              for eqn in _equations(jaxpr) for var in eqn.outvars), default=0)
+
+
+def dot_precisions(jaxpr) -> set:
+  """The `precision` of every dot_general in a jaxpr and its sub-jaxprs."""
+  return {eqn.params["precision"] for eqn in _equations(jaxpr)
+          if eqn.primitive.name == "dot_general"}
