@@ -56,7 +56,7 @@ def check_config(config, mode: str) -> None:
   if mode not in config_lib.MODES:
     raise SptUserError(f"mode {mode!r}: expected one of {config_lib.MODES}")
   parallel.MeshSpec.from_config(config.mesh).check()
-  cpu_scheduler.resolve(config.model.cpu_scheduler, training=True)
+  cpu_scheduler.resolve(config.model.cpu_scheduler, training=True, remat=config.model.remat)
   if not config.model.base and config.model.type != "tiny":
     raise SptUserError(
         f"model.base is empty: a {config.model.type} model needs Meta's weights; convert "

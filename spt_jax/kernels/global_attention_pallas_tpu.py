@@ -18,8 +18,10 @@ Kernels:
                   product is a plain or right-transposed matmul (no tile transpose).
 
 Block sizes are multiples of 128 (lanes); N is padded to them (padded keys are
-masked, padded queries dropped). Statistics read once per block are (rows, 128)
-lane-broadcast tiles. Operands are tiny next to the score blocks (C <= 80 for SAM),
+masked, padded queries dropped). Per-query statistics (the log-sum-exp, delta) live
+in HBM as (1, N) lane rows, 4 bytes a query (a (N, 128) lane-broadcast array would
+be 512); the forward and the query-gradient pass turn them between rows and the
+(rows, 128) columns their blocks use with one transpose per query block. Operands are tiny next to the score blocks (C <= 80 for SAM),
 so the default 512 x 512 blocks fit every chip's default scoped VMEM.
 """
 
@@ -46,6 +48,16 @@ def _column(ref):
 
 def _store_column(ref, x):
   ref[...] = jnp.broadcast_to(x, ref.shape)
+
+
+def _row_to_lanes(row):
+  """(1, rows) lane row -> (rows, 128) lane-broadcast tile (one 128 x rows transpose)."""
+  return jnp.broadcast_to(row, (_LANES, row.shape[1])).T
+
+
+def _column_to_row(column):
+  """(rows, 1) column -> (1, rows) lane row (one rows x 128 transpose)."""
+  return jnp.broadcast_to(column, (column.shape[0], _LANES)).T[:1]
 
 
 def _onehot(ids, size, axis, dtype):
@@ -91,25 +103,31 @@ def _forward_kernel(q_ref, k_ref, v_ref, rel_h_ref, rel_w_ref, ids_ref, out_ref,
 
   @pl.when(j == pl.num_programs(2) - 1)
   def _finish():
-    _store_column(lse_ref, m + jnp.log(l))
+    lse_ref[...] = _column_to_row(m + jnp.log(l))
     out_ref[...] = (acc_ref[...] / l).astype(out_ref.dtype)
 
 
 def _query_grad_kernel(q_ref, k_ref, v_ref, rel_h_ref, rel_w_ref, ids_ref, do_ref,
                        lse_ref, delta_ref, dq_ref, d_rel_h_ref, d_rel_w_ref, dq_acc,
-                       d_rel_h_acc, d_rel_w_acc, *, scale, n_keys):
-  """dq = scale dS K, d rel_h = dS onehot_h^T, d rel_w = dS onehot_w^T; grid (BH, q, k)."""
+                       d_rel_h_acc, d_rel_w_acc, lse_lanes, delta_lanes, *, scale,
+                       n_keys):
+  """dq = scale dS K, d rel_h = dS onehot_h^T, d rel_w = dS onehot_w^T; grid (BH, q, k).
+
+  lse_ref and delta_ref: (1, bq) lane rows, turned once per query block into the
+  (bq, 128) tiles lse_lanes and delta_lanes in VMEM."""
   j = pl.program_id(2)
 
   @pl.when(j == 0)
   def _init():
     for acc in (dq_acc, d_rel_h_acc, d_rel_w_acc):
       acc[...] = jnp.zeros(acc.shape, jnp.float32)
+    lse_lanes[...] = _row_to_lanes(lse_ref[...])
+    delta_lanes[...] = _row_to_lanes(delta_ref[...])
 
   s = _scores(q_ref, k_ref, rel_h_ref, rel_w_ref, ids_ref, scale, j * k_ref.shape[0],
               n_keys)
-  p = jnp.exp(s - _column(lse_ref))
-  ds = rc.score_grad(p, rc.dot_nt(do_ref[...], v_ref[...]), _column(delta_ref))
+  p = jnp.exp(s - _column(lse_lanes))
+  ds = rc.score_grad(p, rc.dot_nt(do_ref[...], v_ref[...]), _column(delta_lanes))
   ids = ids_ref[...]
   dq_acc[...] += scale * rc.dot_nn(ds.astype(k_ref.dtype), k_ref[...])
   d_rel_h_acc[...] += rc.dot_nt(ds, _onehot(ids[0:1], d_rel_h_acc.shape[1], 0,
@@ -192,6 +210,11 @@ class _Layout:
     return pl.BlockSpec((None, 1, block), lambda b, o, i: (b, 0, i))
 
   @staticmethod
+  def outer_row(block):
+    """A (1, block) lane row of a (BH, 1, n_pad) array, along the outer grid axis."""
+    return pl.BlockSpec((None, 1, block), lambda b, o, i: (b, 0, o))
+
+  @staticmethod
   def ids_row(block):
     """The (2, block) ids of the inner grid axis' key block."""
     return pl.BlockSpec((2, block), lambda b, o, i: (0, i))
@@ -226,12 +249,6 @@ def _flat(x, n_pad):
   return rc.pad_axis(x.reshape((-1,) + x.shape[2:]), 1, n_pad)
 
 
-def _lanes(stat, n_pad):
-  """(B, H, N) -> (B * H, n_pad, 128) lane-broadcast."""
-  stat = rc.pad_axis(stat.reshape(-1, stat.shape[-1]), 1, n_pad)
-  return jnp.broadcast_to(stat[..., None], stat.shape + (_LANES,))
-
-
 def _row(stat, n_pad):
   """(B, H, N) -> (B * H, 1, n_pad) float32 lane rows."""
   return rc.pad_axis(stat.reshape(-1, 1, stat.shape[-1]).astype(jnp.float32), 2, n_pad)
@@ -250,20 +267,20 @@ def forward(q, k, v, rel_h, rel_w, *, scale, block_q=DEFAULT_BLOCK_Q,
       _forward_kernel, scale=scale, grid=(bh, n_pad // bq, n_pad // bk),
       in_specs=[lay.outer(bq, channels), lay.inner(bk, channels), lay.inner(bk, channels),
                 lay.outer(bq, height), lay.outer(bq, width), lay.ids_row(bk)],
-      out_specs=[lay.outer(bq, channels), lay.outer(bq, _LANES)],
+      out_specs=[lay.outer(bq, channels), lay.outer_row(bq)],
       out_shape=[jax.ShapeDtypeStruct((bh, n_pad, channels), v.dtype),
-                 jax.ShapeDtypeStruct((bh, n_pad, _LANES), jnp.float32)],
+                 jax.ShapeDtypeStruct((bh, 1, n_pad), jnp.float32)],
       scratch_shapes=[pltpu.VMEM((bq, _LANES), jnp.float32),
                       pltpu.VMEM((bq, _LANES), jnp.float32),
                       pltpu.VMEM((bq, channels), jnp.float32)],
       flops=2 * bh * n_pad * n_pad * (2 * channels + height + width),
       bytes_accessed=lay.hbm_bytes(
-          bh, once=(2 * channels + height + width) * size + _LANES * 4,
+          bh, once=(2 * channels + height + width) * size + 4,
           per_step=2 * channels * size + _ID_BYTES, blocks=n_pad // bq),
       interpret=interpret,
   )(*(_flat(x, n_pad) for x in (q, k, v, rel_h, rel_w)), lay.key_ids())
   return (out[:, :n].reshape(q.shape),
-          lse[:, :n, 0].reshape(batch, heads, n))
+          lse[:, 0, :n].reshape(batch, heads, n))
 
 
 def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale, block_q=DEFAULT_BLOCK_Q,
@@ -276,23 +293,24 @@ def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale, block_q=DEFAULT_B
   size, grid_hw = q.dtype.itemsize, height + width
   q_, k_, v_, rel_h_, rel_w_, do_ = (_flat(x, n_pad)
                                      for x in (q, k, v, rel_h, rel_w, d_out))
-  delta = rc.output_grad_dot(out, d_out)
+  rows = [_row(x, n_pad) for x in (lse, rc.output_grad_dot(out, d_out))]
   ids = lay.key_ids()
   dq, d_rel_h, d_rel_w = lay.call(
       _query_grad_kernel, scale=scale, grid=(bh, n_pad // bq, n_pad // bk),
       in_specs=[lay.outer(bq, channels), lay.inner(bk, channels), lay.inner(bk, channels),
                 lay.outer(bq, height), lay.outer(bq, width), lay.ids_row(bk),
-                lay.outer(bq, channels), lay.outer(bq, _LANES), lay.outer(bq, _LANES)],
+                lay.outer(bq, channels), lay.outer_row(bq), lay.outer_row(bq)],
       out_specs=[lay.outer(bq, channels), lay.outer(bq, height), lay.outer(bq, width)],
       out_shape=[jax.ShapeDtypeStruct((bh, n_pad, x.shape[-1]), x.dtype)
                  for x in (q, rel_h, rel_w)],
-      scratch_shapes=[pltpu.VMEM((bq, x), jnp.float32) for x in (channels, height, width)],
+      scratch_shapes=[pltpu.VMEM((bq, x), jnp.float32)
+                      for x in (channels, height, width, _LANES, _LANES)],
       flops=2 * bh * n_pad * n_pad * (3 * channels + 2 * grid_hw),
       bytes_accessed=lay.hbm_bytes(
-          bh, once=2 * (2 * channels + grid_hw) * size + 2 * _LANES * 4,
+          bh, once=2 * (2 * channels + grid_hw) * size + 2 * 4,
           per_step=2 * channels * size + _ID_BYTES, blocks=n_pad // bq),
       interpret=interpret,
-  )(q_, k_, v_, rel_h_, rel_w_, ids, do_, _lanes(lse, n_pad), _lanes(delta, n_pad))
+  )(q_, k_, v_, rel_h_, rel_w_, ids, do_, *rows)
   # Grid (BH, key blocks, query blocks): outer specs tile keys now.
   dk, dv = lay.call(
       _key_grad_kernel, scale=scale, grid=(bh, n_pad // bk, n_pad // bq),
@@ -307,7 +325,7 @@ def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale, block_q=DEFAULT_B
           bh, once=4 * channels * size + _ID_BYTES,
           per_step=(2 * channels + grid_hw) * size + 2 * 4, blocks=n_pad // bk),
       interpret=interpret,
-  )(k_, v_, ids.T, q_, rel_h_, rel_w_, do_, _row(lse, n_pad), _row(delta, n_pad))
+  )(k_, v_, ids.T, q_, rel_h_, rel_w_, do_, *rows)
   unflat = lambda x, like: x[:, :n].reshape(like.shape)
   return (unflat(dq, q), unflat(dk, k), unflat(dv, v), unflat(d_rel_h, rel_h),
           unflat(d_rel_w, rel_w))

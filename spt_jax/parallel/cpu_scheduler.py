@@ -3,19 +3,22 @@
 XLA:CPU schedules a program for concurrency by default: independent instructions run
 side by side, and the rematerialised forward passes of `model.remat` are free to run
 as soon as their inputs exist, long before the backward needs them, so remat saves
-nothing (vit_b SPT train step at 1024: 4.87 GiB of temporaries without, 4.61 with).
-The memory-optimised scheduler places them where they are used. Measured in one run
-(`benchmarks/spt_step.py --remat none,blocks --cpu-scheduler default,memory_optimized`,
-README "Performance"): the train step holds 3.79 GiB instead of 4.87 and runs in
-26.3 s instead of 29.1; with remat='blocks' 1.11 GiB (42.6 s: one more forward pass);
-the forward alone is faster with the default scheduler (10.3 s against 12.0).
+little (vit_b SPT train step at 1024, remat 'blocks': 4.61 GiB of temporaries against
+4.87 without). The memory-optimised scheduler places them where they are used: with
+remat 'blocks' 1.11 GiB (`benchmarks/spt_step.py --remat none,blocks --cpu-scheduler
+default,memory_optimized`, README "Performance"). Without remat it is now the slower
+choice: since the lean residuals (the backward keeps less) it holds 3.27 GiB instead
+of 3.81 but the step takes 42.2 s instead of 32.0 (one run, 2026-12-03), and the
+forward alone is faster with the default scheduler too.
 
 `model.cpu_scheduler` 'auto' (the default) is therefore the memory-optimised scheduler
-for train steps and XLA's default for forward-only programs (evaluation), on a mesh
-of CPUs; TPU and GPU programs, and programs for an abstract mesh, are left alone.
+for train steps of a rematerialised model (`model.remat` other than 'none') and XLA's
+default for every other program (train steps without remat, evaluation), on a mesh of
+CPUs; TPU and GPU programs, and programs for an abstract mesh, are left alone.
 """
 
 from spt_jax.errors import SptUserError
+from spt_jax.models.image_encoder import remat_policy
 
 SCHEDULERS = {"default": "CPU_SCHEDULER_TYPE_DEFAULT",
               "memory_optimized": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
@@ -23,14 +26,15 @@ SCHEDULERS = {"default": "CPU_SCHEDULER_TYPE_DEFAULT",
 CHOICES = ("auto",) + tuple(SCHEDULERS)
 
 
-def resolve(name: str, training: bool) -> str:
+def resolve(name: str, training: bool, remat="none") -> str:
   """The scheduler of SCHEDULERS that `model.cpu_scheduler` names for a train step
-  (`training`) or a forward-only program."""
+  (`training`) or a forward-only program of a model with `model.remat` = remat."""
   if name not in CHOICES:
     raise SptUserError(f"model.cpu_scheduler={name!r}: expected one of {list(CHOICES)}")
   if name != "auto":
     return name
-  return "memory_optimized" if training else "default"
+  rematerialised, _ = remat_policy(remat)
+  return "memory_optimized" if training and rematerialised else "default"
 
 
 def compiler_options(name: str) -> dict[str, str]:
@@ -40,10 +44,11 @@ def compiler_options(name: str) -> dict[str, str]:
   return {} if name == "default" else {"xla_cpu_scheduler_type": SCHEDULERS[name]}
 
 
-def options_for(mesh, name: str, training: bool) -> dict[str, str]:
-  """The compiler options of a program on `mesh`: the scheduler's on a mesh of CPUs,
-  else {} (accelerators, and abstract meshes, whose devices are not known)."""
-  scheduler = resolve(name, training)
+def options_for(mesh, name: str, training: bool, remat="none") -> dict[str, str]:
+  """The compiler options of a program on `mesh` (of a model with `model.remat` =
+  remat): the scheduler's on a mesh of CPUs, else {} (accelerators, and abstract
+  meshes, whose devices are not known)."""
+  scheduler = resolve(name, training, remat)
   try:
     devices = list(mesh.devices.flat)
   except ValueError:  # an AbstractMesh

@@ -1,5 +1,6 @@
 """XLA:CPU's scheduler per program: remat saves memory on CPU only with the
-memory-optimised scheduler, which 'auto' picks for train steps on CPUs."""
+memory-optimised scheduler, which 'auto' picks for train steps of rematerialised
+models on CPUs."""
 
 import jax
 from jax.sharding import AbstractMesh, AxisType
@@ -19,15 +20,21 @@ from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.trainable import SPT_TRAINABLE
 
 
-def test_auto_picks_memory_optimised_for_train_steps_and_only_on_cpus():
+def test_auto_picks_memory_optimised_for_rematerialised_train_steps_on_cpus():
   mesh = parallel.make_mesh(parallel.MeshSpec(shape=(1, 1, 1)))
-  assert cpu_scheduler.options_for(mesh, "auto", training=False) == {}
-  assert cpu_scheduler.options_for(mesh, "auto", training=True) == {
-      "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  assert cpu_scheduler.options_for(mesh, "default", training=True) == {}
+  memory_optimised = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+  for remat in ("blocks", "dots_with_no_batch_dims_saveable", True):
+    assert cpu_scheduler.options_for(mesh, "auto", True, remat) == memory_optimised
+    assert cpu_scheduler.options_for(mesh, "auto", False, remat) == {}
+  for remat in ("none", False):
+    assert cpu_scheduler.options_for(mesh, "auto", True, remat) == {}
+  assert cpu_scheduler.options_for(mesh, "default", True, "blocks") == {}
+  assert cpu_scheduler.options_for(mesh, "memory_optimized", True) == memory_optimised
+  with pytest.raises(SptUserError, match="model.remat='everything'"):
+    cpu_scheduler.options_for(mesh, "auto", True, "everything")
   abstract = AbstractMesh((1, 1, 1), ("data", "fsdp", "model"),
                           axis_types=(AxisType.Auto,) * 3)
-  assert cpu_scheduler.options_for(abstract, "memory_optimized", training=True) == {}
+  assert cpu_scheduler.options_for(abstract, "memory_optimized", True, "blocks") == {}
   with pytest.raises(SptUserError, match="model.cpu_scheduler='fast'"):
     cpu_scheduler.options_for(mesh, "fast", training=True)
 
