@@ -16,7 +16,7 @@ Fields:
                      (prompt_chunk: the decoders' prompts per pass, each pass
                      rematerialised; 0 = all at once); cpu_scheduler: XLA:CPU's scheduler
                      on a CPU mesh (spt_jax.parallel.cpu_scheduler; 'auto': the
-                     memory-optimised one for train steps).
+                     memory-optimised one for train steps with remat, else XLA's).
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
                      steps and trainable rules of SPT or a baseline.
   trainable          regexes on 'collection/module/.../leaf' paths that train (empty:
