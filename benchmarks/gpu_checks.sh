@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go, for a session that has one for minutes:
 #
-#     benchmarks/gpu_checks.sh [LOG_DIR]     (from the repository root; default gpu_checks/)
+#     benchmarks/gpu_checks.sh [LOG_DIR [STAGE ...]]   (from the repository root)
+#
+# LOG_DIR defaults to gpu_checks/; STAGEs (names below, e.g. gpu_tier global_attention)
+# run only those. All of them take about 45 minutes at their limits (a 15-minute lease
+# runs a few).
 #
 # the GPU tier (tests/accelerators/test_gpu_run.py) and the kernel tests' Triton cases
 # compiled for the GPU (tests/attached_gpu.py); benchmarks/global_attention.py with
@@ -24,12 +28,14 @@
 # installed: it runs from the root).
 set -uo pipefail
 log_dir=${1:-gpu_checks}
+selected=" ${*:2} "
 mkdir -p "$log_dir"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 seconds=$2
   shift 2
+  if [[ "$selected" != "  " && "$selected" != *" $name "* ]]; then return; fi
   echo "== $name ($(date -u +%T), limit ${seconds} s): $*" | tee "$log_dir/$name.log"
   timeout "$seconds" "$@" 2>&1 | tee -a "$log_dir/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$log_dir/$name.log"
