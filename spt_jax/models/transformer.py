@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from spt_jax.models.config import AdapterSpec, NO_ADAPTERS
 from spt_jax.models.layers import ADAPTERS, Dense, MLPBlock, layer_norm
+from spt_jax.ops import lean_autodiff
 
 TRANSFORMER_LN_EPS = 1e-5
 Dtype = Any
@@ -21,7 +22,8 @@ RelationFn = Callable[[jax.Array], jax.Array]
 
 
 class Attention(nn.Module):
-  """Multi-head attention whose q/k/v are projected to embed_dim / downsample_rate."""
+  """Multi-head attention whose q/k/v are projected to embed_dim / downsample_rate; its
+  backward keeps the projections token-major (`lean_autodiff.multi_head_attention`)."""
   num_heads: int
   downsample_rate: int = 1
   lora_rank: int = 0
@@ -37,11 +39,7 @@ class Attention(nn.Module):
     q = Dense(internal, name="q_proj", **lora)(q)
     k = Dense(internal, dtype=self.dtype, name="k_proj")(k)
     v = Dense(internal, name="v_proj", **lora)(v)
-    heads = lambda x: x.reshape(x.shape[:2] + (self.num_heads, -1))
-    q, k, v = heads(q), heads(k), heads(v)
-    scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhc->bqhc", probs, v).reshape(q.shape[:2] + (internal,))
+    out = lean_autodiff.multi_head_attention(q, k, v, self.num_heads)
     return Dense(dim, dtype=self.dtype, name="out_proj")(out)
 
 
