@@ -21,8 +21,9 @@ Block sizes are multiples of 128 (lanes); N is padded to them (padded keys are
 masked, padded queries dropped). Per-query statistics (the log-sum-exp, delta) live
 in HBM as (1, N) lane rows, 4 bytes a query (a (N, 128) lane-broadcast array would
 be 512); the forward and the query-gradient pass turn them between rows and the
-(rows, 128) columns their blocks use with one transpose per query block. Operands are tiny next to the score blocks (C <= 80 for SAM),
-so the default 512 x 512 blocks fit every chip's default scoped VMEM.
+(rows, 128) columns their blocks use with one transpose per query block. Operands
+are tiny next to the score blocks (C <= 80 for SAM), so the default 512 x 512 blocks
+fit every chip's default scoped VMEM.
 """
 
 import functools
