@@ -79,14 +79,59 @@ def mask_scores(g, q_start, k_start, n_keys=None):
   return s
 
 
-def block_scores(e_q, e_k, q_start, k_start, n_keys=None, precision=None):
+def dot_precision(dtype):
+  """Full float32 products for float32 operands; native for narrower ones."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return lax.Precision.HIGHEST
+  return lax.Precision.DEFAULT
+
+
+def triton_dot_precision(dtype):
+  """The Triton kernels' products: float32 operands at the program's matmul precision
+  (`jax_default_matmul_precision`), as XLA:GPU's own float32 products are: unset,
+  TF32 on the tensor cores; 'highest', full float32 (on the CUDA cores: the vit_b
+  global attention's forward measured 22x slower than in bfloat16 on an H200).
+  Narrower operands native."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return None  # lax.dot_general then reads jax_default_matmul_precision
+  return lax.Precision.DEFAULT
+
+
+def dot_nt(a, b, precision=dot_precision):
+  """a (m, k) @ b (n, k).T -> (m, n) float32; precision: operand dtype -> precision."""
+  return lax.dot_general(
+      a, b, (((1,), (1,)), ((), ())), precision=precision(a.dtype),
+      preferred_element_type=jnp.float32)
+
+
+def dot_tn(a, b, precision=dot_precision):
+  """a (k, m).T @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
+  return lax.dot_general(
+      a, b, (((0,), (0,)), ((), ())), precision=precision(a.dtype),
+      preferred_element_type=jnp.float32)
+
+
+def dot_nn(a, b, precision=dot_precision):
+  """a (m, k) @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
+  return lax.dot_general(
+      a, b, (((1,), (0,)), ((), ())), precision=precision(a.dtype),
+      preferred_element_type=jnp.float32)
+
+
+# The products of the Triton kernels (triton_dot_precision).
+triton_dot_nt = functools.partial(dot_nt, precision=triton_dot_precision)
+triton_dot_tn = functools.partial(dot_tn, precision=triton_dot_precision)
+triton_dot_nn = functools.partial(dot_nn, precision=triton_dot_precision)
+
+
+def block_scores(e_q, e_k, q_start, k_start, n_keys=None, precision=dot_precision):
   """Normalises two row blocks and returns their masked cosine scores.
 
   Args:
     e_q: (bq, C) query rows of E, starting at global row q_start.
     e_k: (bk, C) key rows of E, starting at global row k_start.
     n_keys: true number of keys (None: the block holds no padding).
-    precision: operand dtype -> the product's precision (default `dot_precision`).
+    precision: operand dtype -> the product's precision (as for dot_nt).
 
   Returns:
     s: (bq, bk) float32 scores; en_q, en_k: the normalised blocks, cast back
@@ -94,7 +139,7 @@ def block_scores(e_q, e_k, q_start, k_start, n_keys=None, precision=None):
   """
   en_q = normalize_rows(e_q).astype(e_q.dtype)
   en_k = normalize_rows(e_k).astype(e_k.dtype)
-  scores = dot_nt(en_q, en_k, precision or dot_precision)
+  scores = dot_nt(en_q, en_k, precision)
   return mask_scores(scores, q_start, k_start, n_keys), en_q, en_k
 
 
@@ -148,51 +193,6 @@ def score_grad(p, dp, delta):
   renormalised weight.
   """
   return p * (dp - delta)
-
-
-def dot_precision(dtype):
-  """Full float32 products for float32 operands; native for narrower ones."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return lax.Precision.HIGHEST
-  return lax.Precision.DEFAULT
-
-
-def triton_dot_precision(dtype):
-  """The Triton kernels' products: float32 operands at the program's matmul precision
-  (`jax_default_matmul_precision`), as XLA:GPU's own float32 products are: unset,
-  TF32 on the tensor cores; 'highest', full float32 (on the CUDA cores: the vit_b
-  global attention's forward measured 22x slower than in bfloat16 on an H200).
-  Narrower operands native."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return None  # lax.dot_general then reads jax_default_matmul_precision
-  return lax.Precision.DEFAULT
-
-
-def dot_nt(a, b, precision=dot_precision):
-  """a (m, k) @ b (n, k).T -> (m, n) float32; precision: operand dtype -> precision."""
-  return lax.dot_general(
-      a, b, (((1,), (1,)), ((), ())), precision=precision(a.dtype),
-      preferred_element_type=jnp.float32)
-
-
-def dot_tn(a, b, precision=dot_precision):
-  """a (k, m).T @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
-  return lax.dot_general(
-      a, b, (((0,), (0,)), ((), ())), precision=precision(a.dtype),
-      preferred_element_type=jnp.float32)
-
-
-def dot_nn(a, b, precision=dot_precision):
-  """a (m, k) @ b (k, n) -> (m, n) float32; precision as for dot_nt."""
-  return lax.dot_general(
-      a, b, (((1,), (0,)), ((), ())), precision=precision(a.dtype),
-      preferred_element_type=jnp.float32)
-
-
-# The products of the Triton kernels (triton_dot_precision).
-triton_dot_nt = functools.partial(dot_nt, precision=triton_dot_precision)
-triton_dot_tn = functools.partial(dot_tn, precision=triton_dot_precision)
-triton_dot_nn = functools.partial(dot_nn, precision=triton_dot_precision)
 
 
 def output_grad_dot(out, d_out):

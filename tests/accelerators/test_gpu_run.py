@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from attached_gpu import GPU_ATTACHED
+from kernel_tolerances import TOLERANCE, assert_close
 from small_models import SMALL_SPEC
 from spt_jax import aot
 from spt_jax.kernels import global_attention as ga
@@ -28,14 +29,6 @@ from spt_jax.spt.model import Spt
 pytestmark = pytest.mark.skipif(not GPU_ATTACHED, reason="no CUDA GPU attached: the "
                                 "Triton kernels are exported for CUDA, not run, here")
 
-TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
-
-
-def _assert_close(name, got, want, tol):
-  got, want = (np.asarray(x, np.float32) for x in (got, want))
-  assert np.all(np.isfinite(got)), f"{name}: not finite"
-  err, scale = np.max(np.abs(got - want)), np.max(np.abs(want))
-  assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x max|ref| {scale:.3g}"
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -61,7 +54,7 @@ def test_global_attention_on_vit_b_grid(dtype):
   got = _attention_value_and_grads("auto", *inputs)
   want = _attention_value_and_grads("reference", *inputs)
   for name, g, w in zip(("out", "d_qkv", "d_table_h", "d_table_w"), got, want):
-    _assert_close(f"{dtype} {name}", g, w, TOLERANCE[dtype])
+    assert_close(f"{dtype} {name}", g, w, TOLERANCE[dtype])
 
 
 def test_spt_adapter_gradients_on_gpu():
@@ -92,8 +85,8 @@ def test_spt_adapter_gradients_on_gpu():
 
   out, grads = logits_and_grads("auto")
   want_out, want_grads = logits_and_grads("reference")
-  _assert_close("logits", out, want_out, 1e-4)
+  assert_close("logits", out, want_out, 1e-4)
   assert len(grads) == len(want_grads) > 0
   for (path, got), (_, want) in zip(grads, want_grads):
     assert np.abs(want).max() > 0, jax.tree_util.keystr(path)
-    _assert_close(jax.tree_util.keystr(path), got, want, 1e-4)
+    assert_close(jax.tree_util.keystr(path), got, want, 1e-4)

@@ -17,10 +17,10 @@ import pytest
 
 from attached_gpu import PALLAS_GPU_OPTIONS
 from jaxpr_sizes import largest_intermediate
+from kernel_tolerances import TOLERANCE, assert_close
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention as ga
 
-TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
 FUSED = {"xla": {}, "pallas_tpu": {"interpret": True}, "pallas_gpu": PALLAS_GPU_OPTIONS}
 
 
@@ -49,13 +49,6 @@ def _value_and_grads(impl, options, q, k, v, table_h, table_w, d_out):
   return (out, *vjp(d_out))
 
 
-def _assert_close(name, got, want, tol):
-  got, want = (np.asarray(x, np.float32) for x in (got, want))
-  assert np.all(np.isfinite(got)), f"{name}: not finite"
-  err, scale = np.max(np.abs(got - want)), np.max(np.abs(want))
-  assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x max|ref| {scale:.3g}"
-
-
 # (B, H, h, w, C, dtype, options of each impl): grids that do and do not fill whole
 # blocks (96 and 256 tokens), blocks that do not divide them.
 CASES = [
@@ -79,7 +72,7 @@ def test_matches_reference(impl, shape, dtype, options):
   got = _value_and_grads(impl, tuple(sorted(options.items())), *inputs, d_out)
   assert got[0].dtype == jnp.dtype(dtype) and got[0].shape == want[0].shape
   for name, g, w in zip(("out", "dq", "dk", "dv", "d_table_h", "d_table_w"), got, want):
-    _assert_close(f"{impl} {shape} {dtype} {name}", g, w, TOLERANCE[dtype])
+    assert_close(f"{impl} {shape} {dtype} {name}", g, w, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("impl", FUSED)
@@ -151,7 +144,7 @@ def test_attention_from_qkv(impl):
   got_out, got_vjp = jax.vjp(fn, qkv, table_h, table_w)
   names = ("out", "d_qkv", "d_table_h", "d_table_w")
   for name, g, w in zip(names, (got_out, *got_vjp(d_out)), (want_out, *want_vjp(d_out))):
-    _assert_close(f"{impl} {name}", g, w, TOLERANCE["float32"])
+    assert_close(f"{impl} {name}", g, w, TOLERANCE["float32"])
 
 
 def test_attention_from_qkv_keeps_qkv_output_and_statistics():

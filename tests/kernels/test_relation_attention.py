@@ -27,6 +27,7 @@ import pytest
 
 from attached_gpu import PALLAS_GPU_OPTIONS
 from jaxpr_sizes import largest_intermediate
+from kernel_tolerances import TOLERANCE, assert_close
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import IMPLS
 from spt_jax.kernels import relation_attention
@@ -37,7 +38,6 @@ from spt_jax.kernels import relation_reference
 
 C = 256
 ALPHA = 1.55  # Between the two modes of the clustered inputs' weights (x N).
-TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
 FUSED = {
     "xla": {},
     "pallas_tpu": {"interpret": True},
@@ -104,14 +104,6 @@ def _reference(case):
   return (e, v, d_out), tuple(np.asarray(x, np.float32) for x in results)
 
 
-def _assert_close(name, got, want, tol):
-  got = np.asarray(got, np.float32)
-  assert np.all(np.isfinite(got)), f"{name}: not finite"
-  err, scale = np.max(np.abs(got - want)), np.max(np.abs(want))
-  assert err <= tol * scale, (
-      f"{name}: max error {err:.3g} > {tol} x max|ref| {scale:.3g}")
-
-
 def _check_against_reference(impl, case):
   (e, v, d_out), want = _reference(case)
   fn = functools.partial(relation_attention, alpha=case.alpha, impl=impl,
@@ -119,7 +111,7 @@ def _check_against_reference(impl, case):
   got = _value_and_grads(fn, e, v, d_out)
   assert got[0].dtype == v.dtype and got[0].shape == v.shape
   for name, g, w in zip(("out", "de", "dv"), got, want):
-    _assert_close(f"{impl} {case} {name}", g, w, TOLERANCE[case.dtype])
+    assert_close(f"{impl} {case} {name}", g, w, TOLERANCE[case.dtype])
 
 
 @pytest.mark.parametrize("case", DEFAULT_CASES, ids=str)
@@ -148,7 +140,7 @@ def test_edge_cases(impl):
     want = _value_and_grads(functools.partial(
         relation_attention_reference, alpha=alpha), *args)
     for name, g, w in zip(("out", "de", "dv"), got, want):
-      _assert_close(f"{impl} n{n} {name}", g, np.asarray(w),
+      assert_close(f"{impl} n{n} {name}", g, np.asarray(w),
                     TOLERANCE["float32"])
   np.testing.assert_allclose(got[0], v[:, :1], rtol=1e-6)
 
@@ -165,7 +157,7 @@ def test_pallas_tpu_interpret_params():
       functools.partial(relation_attention_reference, alpha=case.alpha),
       e, v, d_out)
   for name, g, w in zip(("out", "de", "dv"), got, want):
-    _assert_close(f"tpu-interpreter {name}", g, np.asarray(w),
+    assert_close(f"tpu-interpreter {name}", g, np.asarray(w),
                   TOLERANCE["float32"])
 
 
@@ -229,7 +221,7 @@ def test_shared_embedding_is_one_call():
             for p in range(v.shape[1])]) for b in range(v.shape[0])])
     want = _value_and_grads(per_prompt, e, v, jnp.ones_like(v))
     for name, g, w in zip(("out", "de", "dv"), got, want):
-      _assert_close(f"shared {impl} {name}", g, np.asarray(w),
+      assert_close(f"shared {impl} {name}", g, np.asarray(w),
                     TOLERANCE["float32"])
 
 
@@ -243,7 +235,7 @@ def test_pallas_tpu_feature_tiles(block_d):
                          block_k=256, block_d=block_d)
   got = _value_and_grads(fn, e, v, d_out)
   for name, g, w in zip(("out", "de", "dv"), got, want):
-    _assert_close(f"block_d={block_d} {name}", g, w, TOLERANCE["float32"])
+    assert_close(f"block_d={block_d} {name}", g, w, TOLERANCE["float32"])
 
 
 def test_pallas_tpu_blocks_fit_vmem():
