@@ -3,7 +3,8 @@ machine's CPU or on an attached GPU.
 
     python -m benchmarks.spt_step [--model vit_b] [--runs 2] [--prompts 1] \
         [--host-malloc keep|system|auto] [--attention auto,chunked] [--remat none] \
-        [--dtype float32] [--prompt-chunk 0] [--cpu-scheduler default,memory_optimized]
+        [--dtype float32] [--prompt-chunk 0] [--cpu-scheduler auto,default] \
+        [--cpu-reductions xla,ynn]
 
 Measures, after a warm-up, the minimum of several runs of
   - the spt_jax SPT forward (encoder + draft + refine) and its train step (forward,
@@ -17,8 +18,10 @@ and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the comp
 temp memory of both JAX programs and the process's peak RSS (on a GPU also the
 device's peak memory in use). `--attention`, `--remat` (`model.remat`), `--dtype`
 (`model.dtype`), `--prompt-chunk` (`model.prompt_chunk`) and `--cpu-scheduler`
-(XLA:CPU's instruction scheduler, set per program: `spt_jax.parallel.cpu_scheduler`;
-ignored on a GPU) take comma lists; every combination is one row, all measured in
+(XLA:CPU's instruction scheduler, `model.cpu_scheduler`: 'auto' is the memory-optimised
+one for the train step, XLA's default for the forward) and `--cpu-reductions` (by
+XLA:CPU's own loops, as spt_jax compiles, or by YNNPACK's fusions, jaxlib's default;
+both `spt_jax.parallel.cpu_compiler`, ignored on a GPU) take comma lists; every combination is one row, all measured in
 this one process.
 """
 
@@ -32,7 +35,7 @@ import numpy as np
 from benchmarks.common import (min_time, reference_benchmark_parser, start_reference_benchmark,
                                timed)
 from spt_jax.data.prompts import PromptConfig
-from spt_jax.parallel import cpu_scheduler
+from spt_jax.parallel import cpu_compiler
 from spt_jax.models.config import sam_preset
 from spt_jax.models.prompts import Prompts
 from spt_jax.models.sam import init_variables
@@ -49,6 +52,13 @@ def _mib(num_bytes):
   return num_bytes / 2 ** 20
 
 
+def _cpu_options(on_gpu, scheduler, reductions, training):
+  """XLA's compiler options of a train step (`training`) or forward; None on a GPU."""
+  if on_gpu:
+    return None
+  return cpu_compiler.compiler_options(cpu_compiler.resolve(scheduler, training), reductions)
+
+
 def main():
   parser = reference_benchmark_parser(__doc__, runs=2)
   parser.add_argument("--prompts", type=int, default=1, help="box prompts on the image")
@@ -61,8 +71,11 @@ def main():
   parser.add_argument("--prompt-chunk", default="0",
                       help="model.prompt_chunk: 0 (all prompts at once) or prompts per "
                       "pass; comma list")
-  parser.add_argument("--cpu-scheduler", default="default",
-                      help=f"XLA:CPU scheduler: {', '.join(cpu_scheduler.SCHEDULERS)}; "
+  parser.add_argument("--cpu-scheduler", default="auto",
+                      help=f"XLA:CPU scheduler: {', '.join(cpu_compiler.CHOICES)}; "
+                      "comma list")
+  parser.add_argument("--cpu-reductions", default="xla",
+                      help=f"XLA:CPU reductions by: {', '.join(cpu_compiler.REDUCTIONS)}; "
                       "comma list")
   args, malloc_note, reference = start_reference_benchmark(parser)
 
@@ -102,16 +115,17 @@ def main():
   tf32 = f", TF32 products {torch.backends.cuda.matmul.allow_tf32}" if device == "cuda" else ""
   print(f"torch SPT forward (float32{tf32}): {torch_time:.3f} s; jax float32 products at "
         f"{jax.config.jax_default_matmul_precision or 'the default precision'}")
-  print("| global attention | remat | dtype | prompt chunk | CPU scheduler | jax forward s "
+  print("| global attention | remat | dtype | prompt chunk | CPU scheduler | CPU reductions "
+        "| jax forward s "
         "| temp MiB | "
         "train step s | temp MiB | step / forward (goal <= 2.5) | torch / jax forward "
         "(goal >= 1.5) | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   schedulers = ["-"] if on_gpu else args.cpu_scheduler.split(",")
-  for attention, remat, dtype, chunk, scheduler in itertools.product(
+  reductions = ["-"] if on_gpu else args.cpu_reductions.split(",")
+  for attention, remat, dtype, chunk, scheduler, reduction in itertools.product(
       args.attention.split(","), args.remat.split(","), args.dtype.split(","),
-      args.prompt_chunk.split(","), schedulers):
-    options = None if on_gpu else cpu_scheduler.compiler_options(scheduler)
+      args.prompt_chunk.split(","), schedulers, reductions):
     model = Spt(spec, remat=remat, global_attention_impl=attention, dtype=dtype,
                 prompt_chunk=int(chunk))
     variables = state_dict_to_variables(state, expected_shapes(model, init_variables),
@@ -119,7 +133,8 @@ def main():
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     forward = jax.jit(model.apply)
     compiled_forward, forward_compile = timed(lambda: forward.lower(
-        variables, image, prompts).compile(options))  # pylint: disable=cell-var-from-loop
+        variables, image, prompts).compile(
+        _cpu_options(on_gpu, scheduler, reduction, training=False)))  # pylint: disable=cell-var-from-loop
     forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
         variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
     trainable, frozen = partition(variables, SPT_TRAINABLE)
@@ -128,12 +143,14 @@ def main():
     train_step = jax.jit(step_lib.make_train_step(model, optimizer, LossSpec(),
                                                   prompt_config))
     compiled_step, step_compile = timed(lambda: train_step.lower(
-        train_state, frozen, batch).compile(options))  # pylint: disable=cell-var-from-loop
+        train_state, frozen, batch).compile(
+        _cpu_options(on_gpu, scheduler, reduction, training=True)))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
     forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes
     step_temp = compiled_step.memory_analysis().temp_size_in_bytes
-    print(f"| {attention} | {remat} | {dtype} | {chunk} | {scheduler} | {forward_time:.3f} "
+    print(f"| {attention} | {remat} | {dtype} | {chunk} | {scheduler} | {reduction} "
+          f"| {forward_time:.3f} "
           f"| {_mib(forward_temp):,.0f} | {step_time:.3f} | {_mib(step_temp):,.0f} | "
           f"{step_time / forward_time:.2f} | {torch_time / forward_time:.2f} | "
           f"{forward_compile:.0f} + {step_compile:.0f} |", flush=True)

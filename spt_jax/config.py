@@ -15,8 +15,8 @@ Fields:
                      query_chunk, prompt_chunk: see spt_jax.spt.model / models.sam
                      (prompt_chunk: the decoders' prompts per pass, each pass
                      rematerialised; 0 = all at once); cpu_scheduler: XLA:CPU's scheduler
-                     on a CPU mesh (spt_jax.parallel.cpu_scheduler; 'auto': the
-                     memory-optimised one for train steps with remat, else XLA's).
+                     on a CPU mesh (spt_jax.parallel.cpu_compiler; 'auto': the
+                     memory-optimised one for train steps, XLA's default for the rest).
   method             a key of METHODS (set by `apply_method`): the adapters, decoder
                      steps and trainable rules of SPT or a baseline.
   trainable          regexes on 'collection/module/.../leaf' paths that train (empty:

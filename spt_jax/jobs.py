@@ -14,7 +14,8 @@ from spt_jax.data import builders
 from spt_jax.data.pipeline import folder_options
 from spt_jax.errors import SptUserError
 from spt_jax.evaluate import prompt_free
-from spt_jax.parallel import cpu_scheduler
+from spt_jax.models.image_encoder import remat_policy
+from spt_jax.parallel import cpu_compiler
 from spt_jax.pretrained import load_spec
 from spt_jax.train.model_setup import setup_model, spec_for, zero_shot_setup
 
@@ -56,7 +57,8 @@ def check_config(config, mode: str) -> None:
   if mode not in config_lib.MODES:
     raise SptUserError(f"mode {mode!r}: expected one of {config_lib.MODES}")
   parallel.MeshSpec.from_config(config.mesh).check()
-  cpu_scheduler.resolve(config.model.cpu_scheduler, training=True, remat=config.model.remat)
+  cpu_compiler.resolve(config.model.cpu_scheduler, training=True)
+  remat_policy(config.model.remat)
   if not config.model.base and config.model.type != "tiny":
     raise SptUserError(
         f"model.base is empty: a {config.model.type} model needs Meta's weights; convert "

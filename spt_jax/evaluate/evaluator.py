@@ -34,7 +34,7 @@ from spt_jax.evaluate import anomaly_metrics
 from spt_jax.evaluate import overlays
 from spt_jax.evaluate import reports
 from spt_jax.evaluate.metrics import segmentation_metrics
-from spt_jax.parallel import cpu_scheduler
+from spt_jax.parallel import cpu_compiler
 from spt_jax.train.metric_writer import MetricWriter, ProgressLine
 
 STEP_NAMES = ("draft", "final")
@@ -91,7 +91,7 @@ class Evaluator:
           self._forward_fn, self.mesh,
           (shardings, self.batch_sharding, self.batch_sharding, self.batch_sharding),
           self.batch_sharding, self.mesh_spec.rules,
-          compiler_options=cpu_scheduler.options_for(
+          compiler_options=cpu_compiler.options_for(
               self.mesh, self.config.model.cpu_scheduler, training=False)))
     return self._compiled[key]
 

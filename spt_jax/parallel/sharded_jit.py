@@ -54,7 +54,7 @@ def sharded_jit(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
                 donate_argnums: Sequence[int] = (),
                 compiler_options: Optional[dict[str, str]] = None) -> Callable:
   """`jax.jit(fn)` with these shardings and the activation constraints of `rules`;
-  `compiler_options` for XLA (e.g. `cpu_scheduler.options_for`)."""
+  `compiler_options` for XLA (e.g. `cpu_compiler.options_for`)."""
 
   @functools.wraps(fn)  # the program keeps fn's name (compile notices, profiles)
   def constrained(*args):

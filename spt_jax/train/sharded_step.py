@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 import optax
 
 from spt_jax import parallel
-from spt_jax.parallel import cpu_scheduler
+from spt_jax.parallel import cpu_compiler
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train import step as step_lib
@@ -69,7 +69,7 @@ def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
                        rules: parallel.ShardingRules = parallel.ShardingRules(),
                        scheduler: str = "auto") -> ShardedTrainStep:
   """The sharded train step of `model` for `variables` (arrays or ShapeDtypeStructs);
-  `scheduler`: XLA:CPU's scheduler on a CPU mesh (`parallel.cpu_scheduler`)."""
+  `scheduler`: XLA:CPU's scheduler on a CPU mesh (`parallel.cpu_compiler`)."""
   shardings = parallel.shard_tree(variables, mesh, rules)
   trainable_shardings, frozen_shardings = partition(shardings, trainable_patterns)
   trainable, _ = partition(variables, trainable_patterns)
@@ -79,7 +79,7 @@ def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
   step = parallel.make_sharded_train_step(
       step_lib.make_train_step(model, optimizer, loss_spec, prompt_config), mesh,
       state_shardings, frozen_shardings, batch_sharding, rules,
-      cpu_scheduler.options_for(mesh, scheduler, training=True, remat=model.remat))
+      cpu_compiler.options_for(mesh, scheduler, training=True))
   return ShardedTrainStep(step, optimizer, tuple(trainable_patterns), shardings,
                           trainable_shardings, frozen_shardings, state_shardings,
                           batch_sharding)
