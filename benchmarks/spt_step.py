@@ -17,11 +17,12 @@ Measures, after a warm-up, the minimum of several runs of
 and prints step/forward (goal <= 2.5), torch/jax forward (goal >= 1.5), the compiled
 temp memory of both JAX programs and the process's peak RSS (on a GPU also the
 device's peak memory in use). `--attention`, `--remat` (`model.remat`), `--dtype`
-(`model.dtype`), `--prompt-chunk` (`model.prompt_chunk`) and `--cpu-scheduler`
+(`model.dtype`), `--prompt-chunk` (`model.prompt_chunk`), `--cpu-scheduler`
 (XLA:CPU's instruction scheduler, `model.cpu_scheduler`: 'auto' is the memory-optimised
-one for the train step, XLA's default for the forward) and `--cpu-reductions` (by
-XLA:CPU's own loops, as spt_jax compiles, or by YNNPACK's fusions, jaxlib's default;
-both `spt_jax.parallel.cpu_compiler`, ignored on a GPU) take comma lists; every combination is one row, all measured in
+one for the train step, XLA's default for the forward) and `--cpu-reductions` ('xla':
+XLA:CPU's own loops, 'ynn': YNNPACK's fusions, jaxlib's default; 'auto': XLA's for a
+train step without remat, as spt_jax compiles; all `spt_jax.parallel.cpu_compiler`,
+ignored on a GPU) take comma lists; every combination is one row, all measured in
 this one process.
 """
 
@@ -52,10 +53,13 @@ def _mib(num_bytes):
   return num_bytes / 2 ** 20
 
 
-def _cpu_options(on_gpu, scheduler, reductions, training):
-  """XLA's compiler options of a train step (`training`) or forward; None on a GPU."""
+def _cpu_options(on_gpu, scheduler, reductions, training, remat):
+  """XLA's compiler options of a train step (`training`) or forward; None on a GPU.
+  'auto' reductions are spt_jax's choice for the program (`reductions_for`)."""
   if on_gpu:
     return None
+  if reductions == "auto":
+    reductions = cpu_compiler.reductions_for(training, remat)
   return cpu_compiler.compiler_options(cpu_compiler.resolve(scheduler, training), reductions)
 
 
@@ -74,9 +78,9 @@ def main():
   parser.add_argument("--cpu-scheduler", default="auto",
                       help=f"XLA:CPU scheduler: {', '.join(cpu_compiler.CHOICES)}; "
                       "comma list")
-  parser.add_argument("--cpu-reductions", default="xla",
-                      help=f"XLA:CPU reductions by: {', '.join(cpu_compiler.REDUCTIONS)}; "
-                      "comma list")
+  parser.add_argument("--cpu-reductions", default="auto",
+                      help="XLA:CPU reductions by: auto (spt_jax's choice per program), "
+                      f"{', '.join(cpu_compiler.REDUCTIONS)}; comma list")
   args, malloc_note, reference = start_reference_benchmark(parser)
 
   torch = reference.torch
@@ -134,7 +138,7 @@ def main():
     forward = jax.jit(model.apply)
     compiled_forward, forward_compile = timed(lambda: forward.lower(
         variables, image, prompts).compile(
-        _cpu_options(on_gpu, scheduler, reduction, training=False)))  # pylint: disable=cell-var-from-loop
+        _cpu_options(on_gpu, scheduler, reduction, False, remat)))  # pylint: disable=cell-var-from-loop
     forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
         variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
     trainable, frozen = partition(variables, SPT_TRAINABLE)
@@ -144,7 +148,7 @@ def main():
                                                   prompt_config))
     compiled_step, step_compile = timed(lambda: train_step.lower(
         train_state, frozen, batch).compile(
-        _cpu_options(on_gpu, scheduler, reduction, training=True)))  # pylint: disable=cell-var-from-loop
+        _cpu_options(on_gpu, scheduler, reduction, True, remat)))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
     forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes

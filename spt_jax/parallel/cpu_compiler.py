@@ -14,19 +14,22 @@ broadcast of the full operand shape, which XLA shares across the program, and it
 keeps its elementwise intermediates (a LayerNorm's centred input) for the backward's
 use: in the vit_b SPT train step at 1024, five (1, 64, 64, 3072) float32 broadcasts
 of GELU constants (240 MiB) and a centred input per LayerNorm (24 x 12 MiB) stayed
-live from the forward into the backward. Train steps are compiled with YNNPACK's dot
-and convolution fusions only (`YNN_FUSIONS`), reductions by XLA's own loops; the
-forward programs keep jaxlib's fusions (the forward alone holds less with them: 354
-against 545 MiB for vit_b). vit_b SPT train step, 1 image x 1 box, float32, compiled
-temporaries (`benchmarks/spt_step.py --cpu-scheduler auto,default --cpu-reductions
-xla,ynn`, README "Performance"): 3,793 MiB with XLA's defaults, 2,995 with XLA's
-reductions, 2,208 with both choices.
+live from the forward into the backward. Train steps without remat are compiled with
+YNNPACK's dot and convolution fusions only (`YNN_FUSIONS`), reductions by XLA's own
+loops; forward programs and rematerialised train steps keep jaxlib's fusions, with
+which they hold less (vit_b forward 354 against 545 MiB; train step with remat
+'blocks' and the memory-optimised scheduler 1,484 against 1,979 MiB). vit_b SPT train
+step without remat, 1 image x 1 box, float32, compiled temporaries
+(`benchmarks/spt_step.py --cpu-scheduler auto,default --cpu-reductions xla,ynn`,
+README "Performance"): 3,793 MiB with XLA's defaults, 2,995 with XLA's reductions,
+2,208 with both choices.
 
 Only programs on a mesh of CPUs get these options; TPU and GPU programs, and programs
 for an abstract mesh, are left alone.
 """
 
 from spt_jax.errors import SptUserError
+from spt_jax.models.image_encoder import remat_policy
 
 SCHEDULERS = {"default": "CPU_SCHEDULER_TYPE_DEFAULT",
               "memory_optimized": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
@@ -62,16 +65,24 @@ def compiler_options(scheduler: str, reductions: str = "xla") -> dict[str, str]:
   return options
 
 
-def options_for(mesh, name: str, training: bool) -> dict[str, str]:
+def reductions_for(training: bool, remat="none") -> str:
+  """Who runs the reductions (of REDUCTIONS) of a train step (`training`) or a
+  forward-only program of a model with `model.remat` = remat: XLA for train steps
+  without remat, YNNPACK (jaxlib's default) otherwise."""
+  rematerialised, _ = remat_policy(remat)
+  return "xla" if training and not rematerialised else "ynn"
+
+
+def options_for(mesh, name: str, training: bool, remat="none") -> dict[str, str]:
   """The compiler options of a program on `mesh` with `model.cpu_scheduler` = name: a
-  train step (`training`: reductions by XLA) or a forward-only program (jaxlib's
-  fusions); {} unless every device is a CPU (accelerators, and abstract meshes, whose
-  devices are not known)."""
-  scheduler = resolve(name, training)
+  train step (`training`) or a forward-only program, of a model with `model.remat` =
+  remat (`resolve`, `reductions_for`); {} unless every device is a CPU (accelerators,
+  and abstract meshes, whose devices are not known)."""
+  scheduler, reductions = resolve(name, training), reductions_for(training, remat)
   try:
     devices = list(mesh.devices.flat)
   except ValueError:  # an AbstractMesh
     return {}
   if not all(device.platform == "cpu" for device in devices):
     return {}
-  return compiler_options(scheduler, "xla" if training else "ynn")
+  return compiler_options(scheduler, reductions)

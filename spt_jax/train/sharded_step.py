@@ -79,7 +79,7 @@ def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
   step = parallel.make_sharded_train_step(
       step_lib.make_train_step(model, optimizer, loss_spec, prompt_config), mesh,
       state_shardings, frozen_shardings, batch_sharding, rules,
-      cpu_compiler.options_for(mesh, scheduler, training=True))
+      cpu_compiler.options_for(mesh, scheduler, training=True, remat=model.remat))
   return ShardedTrainStep(step, optimizer, tuple(trainable_patterns), shardings,
                           trainable_shardings, frozen_shardings, state_shardings,
                           batch_sharding)
