@@ -53,13 +53,13 @@ def _mib(num_bytes):
   return num_bytes / 2 ** 20
 
 
-def _cpu_options(on_gpu, scheduler, reductions, training, remat):
+def _cpu_options(on_gpu, scheduler, reductions, training, remat, attention):
   """XLA's compiler options of a train step (`training`) or forward; None on a GPU.
   'auto' reductions are spt_jax's choice for the program (`reductions_for`)."""
   if on_gpu:
     return None
   if reductions == "auto":
-    reductions = cpu_compiler.reductions_for(training, remat)
+    reductions = cpu_compiler.reductions_for(training, remat, attention == "chunked")
   return cpu_compiler.compiler_options(cpu_compiler.resolve(scheduler, training), reductions)
 
 
@@ -138,7 +138,7 @@ def main():
     forward = jax.jit(model.apply)
     compiled_forward, forward_compile = timed(lambda: forward.lower(
         variables, image, prompts).compile(
-        _cpu_options(on_gpu, scheduler, reduction, False, remat)))  # pylint: disable=cell-var-from-loop
+        _cpu_options(on_gpu, scheduler, reduction, False, remat, attention)))  # pylint: disable=cell-var-from-loop
     forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
         variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
     trainable, frozen = partition(variables, SPT_TRAINABLE)
@@ -148,7 +148,7 @@ def main():
                                                   prompt_config))
     compiled_step, step_compile = timed(lambda: train_step.lower(
         train_state, frozen, batch).compile(
-        _cpu_options(on_gpu, scheduler, reduction, True, remat)))  # pylint: disable=cell-var-from-loop
+        _cpu_options(on_gpu, scheduler, reduction, True, remat, attention)))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
     forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes

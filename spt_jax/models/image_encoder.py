@@ -44,6 +44,15 @@ def remat_policy(remat: str | bool):
                           if name not in ("none", "blocks") else None)
 
 
+def uses_chunked_core(global_attention_impl: str, window_attention_impl: str,
+                      adapters: AdapterSpec) -> bool:
+  """Whether an encoder with these settings runs its own chunked attention core
+  (CHUNKED) in some block: by impl, or for prompt tokens (`AdapterSpec.vpt_tokens`),
+  which only that core attends to."""
+  return (CHUNKED in (global_attention_impl, window_attention_impl)
+          or bool(adapters.vpt_tokens))
+
+
 def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
   """(B, H, W, C) -> (B * nH * nW, window, window, C) and the padded (Hp, Wp)."""
   batch, height, width, channels = x.shape

@@ -18,7 +18,9 @@ live from the forward into the backward. Train steps without remat are compiled 
 YNNPACK's dot and convolution fusions only (`YNN_FUSIONS`), reductions by XLA's own
 loops; forward programs and rematerialised train steps keep jaxlib's fusions, with
 which they hold less (vit_b forward 354 against 545 MiB; train step with remat
-'blocks' and the memory-optimised scheduler 1,484 against 1,979 MiB). vit_b SPT train
+'blocks' and the memory-optimised scheduler 1,484 against 1,979 MiB), and so do train
+steps through the encoder's chunked attention core, whose backward's reductions take
+XLA's loops 60% longer (vit_b step 16.4 against 9.9 s). vit_b SPT train
 step without remat, 1 image x 1 box, float32, compiled temporaries
 (`benchmarks/spt_step.py --cpu-scheduler auto,default --cpu-reductions xla,ynn`,
 README "Performance"): 3,793 MiB with XLA's defaults, 2,995 with XLA's reductions,
@@ -65,20 +67,24 @@ def compiler_options(scheduler: str, reductions: str = "xla") -> dict[str, str]:
   return options
 
 
-def reductions_for(training: bool, remat="none") -> str:
+def reductions_for(training: bool, remat="none", chunked_attention: bool = False) -> str:
   """Who runs the reductions (of REDUCTIONS) of a train step (`training`) or a
-  forward-only program of a model with `model.remat` = remat: XLA for train steps
-  without remat, YNNPACK (jaxlib's default) otherwise."""
+  forward-only program of a model with `model.remat` = remat whose encoder runs the
+  chunked attention core in some block or not (`image_encoder.uses_chunked_core`):
+  XLA for train steps without remat of the fused attention, YNNPACK (jaxlib's
+  default) otherwise."""
   rematerialised, _ = remat_policy(remat)
-  return "xla" if training and not rematerialised else "ynn"
+  return "xla" if training and not (rematerialised or chunked_attention) else "ynn"
 
 
-def options_for(mesh, name: str, training: bool, remat="none") -> dict[str, str]:
+def options_for(mesh, name: str, training: bool, remat="none",
+                chunked_attention: bool = False) -> dict[str, str]:
   """The compiler options of a program on `mesh` with `model.cpu_scheduler` = name: a
-  train step (`training`) or a forward-only program, of a model with `model.remat` =
-  remat (`resolve`, `reductions_for`); {} unless every device is a CPU (accelerators,
-  and abstract meshes, whose devices are not known)."""
-  scheduler, reductions = resolve(name, training), reductions_for(training, remat)
+  train step (`training`) or a forward-only program (`resolve`, `reductions_for`); {}
+  unless every device is a CPU (accelerators, and abstract meshes, whose devices are
+  not known)."""
+  scheduler = resolve(name, training)
+  reductions = reductions_for(training, remat, chunked_attention)
   try:
     devices = list(mesh.devices.flat)
   except ValueError:  # an AbstractMesh

@@ -18,6 +18,7 @@ import optax
 from spt_jax import parallel
 from spt_jax.parallel import cpu_compiler
 from spt_jax.data.prompts import PromptConfig
+from spt_jax.models.image_encoder import uses_chunked_core
 from spt_jax.spt.losses import LossSpec
 from spt_jax.train import step as step_lib
 from spt_jax.train.trainable import partition
@@ -79,7 +80,10 @@ def sharded_train_step(model, variables, trainable_patterns: Sequence[str],
   step = parallel.make_sharded_train_step(
       step_lib.make_train_step(model, optimizer, loss_spec, prompt_config), mesh,
       state_shardings, frozen_shardings, batch_sharding, rules,
-      cpu_compiler.options_for(mesh, scheduler, training=True, remat=model.remat))
+      cpu_compiler.options_for(mesh, scheduler, training=True, remat=model.remat,
+                               chunked_attention=uses_chunked_core(
+                                   model.global_attention_impl, model.window_attention_impl,
+                                   model.adapters)))
   return ShardedTrainStep(step, optimizer, tuple(trainable_patterns), shardings,
                           trainable_shardings, frozen_shardings, state_shardings,
                           batch_sharding)

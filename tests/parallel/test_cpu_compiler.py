@@ -12,11 +12,13 @@ from spt_jax import parallel
 from spt_jax.data.pipeline import DataConfig, batch_spec
 from spt_jax.data.prompts import PromptConfig
 from spt_jax.errors import SptUserError
+from spt_jax.models import image_encoder
+from spt_jax.models.config import AdapterSpec
 from spt_jax.models.layers import LayerNorm, exact_gelu
 from spt_jax.models.sam import init_variables
 from spt_jax.parallel import cpu_compiler
 from spt_jax.spt.losses import LossSpec
-from spt_jax.spt.model import Spt
+from spt_jax.spt.model import SPT_ADAPTERS, Spt
 from spt_jax.train.optimizer import OptimizerSpec, make_optimizer
 from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.trainable import SPT_TRAINABLE
@@ -36,6 +38,8 @@ def test_auto_picks_memory_optimised_for_train_steps_on_cpus():
   for remat in ("blocks", "dots_with_no_batch_dims_saveable", True):
     assert cpu_compiler.options_for(mesh, "auto", True, remat) == {
         "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+  assert cpu_compiler.options_for(mesh, "auto", True, chunked_attention=True) == {
+      "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
   with pytest.raises(SptUserError, match="model.remat='everything'"):
     cpu_compiler.options_for(mesh, "auto", True, "everything")
   abstract = AbstractMesh((1, 1, 1), ("data", "fsdp", "model"),
@@ -45,6 +49,13 @@ def test_auto_picks_memory_optimised_for_train_steps_on_cpus():
     cpu_compiler.options_for(mesh, "fast", training=True)
   with pytest.raises(SptUserError, match="CPU reductions 'eigen'"):
     cpu_compiler.compiler_options("default", "eigen")
+
+
+def test_uses_chunked_core_by_impl_or_prompt_tokens():
+  assert not image_encoder.uses_chunked_core("auto", "auto", SPT_ADAPTERS)
+  assert image_encoder.uses_chunked_core("chunked", "auto", SPT_ADAPTERS)
+  assert image_encoder.uses_chunked_core("xla", "chunked", SPT_ADAPTERS)
+  assert image_encoder.uses_chunked_core("auto", "auto", AdapterSpec(vpt_tokens=8))
 
 
 def _norm_and_gelu_grad(x):
