@@ -1,5 +1,5 @@
 """What a traced program holds, sub-jaxprs (kernels, loops) included: its largest
-value, the precisions of its matrix products."""
+value, the precisions of its matrix products, the products of each Pallas kernel."""
 
 import numpy as np
 
@@ -25,3 +25,9 @@ def dot_precisions(jaxpr) -> set:
   """The `precision` of every dot_general in a jaxpr and its sub-jaxprs."""
   return {eqn.params["precision"] for eqn in _equations(jaxpr)
           if eqn.primitive.name == "dot_general"}
+
+
+def kernel_products(jaxpr) -> list[int]:
+  """The number of dot_generals in each Pallas kernel of a jaxpr, in program order."""
+  return [sum(e.primitive.name == "dot_general" for e in _equations(eqn.params["jaxpr"]))
+          for eqn in _equations(jaxpr) if eqn.primitive.name == "pallas_call"]

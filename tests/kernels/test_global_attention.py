@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from attached_gpu import PALLAS_GPU_OPTIONS
-from jaxpr_sizes import largest_intermediate
+from jaxpr_sizes import kernel_products, largest_intermediate
 from kernel_tolerances import TOLERANCE, assert_close
 from spt_jax.errors import SptUserError
 from spt_jax.kernels import global_attention as ga
@@ -60,6 +60,10 @@ CASES = [
                                       "pallas_tpu": {"block_q": 256, "block_k": 128},
                                       "pallas_gpu": {"block_k": 32}}),
     ((1, 1, 6, 10, 20), "float32", {}),  # C, h, w padded to powers of two on GPU
+    # Key blocks of one grid row each (pallas_gpu's bias without one-hot maps), with
+    # query blocks that pad the tokens (pallas_gpu) or fill them.
+    ((1, 2, 6, 16, 16), "float32", {"pallas_gpu": {"block_q": 64, "block_k": 16}}),
+    ((1, 2, 8, 32, 16), "bfloat16", {"pallas_gpu": {"block_q": 64, "block_k": 32}}),
 ]
 
 
@@ -88,6 +92,34 @@ def test_no_n_by_n_intermediate(impl):
   reference = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(ga.global_attention(
       *a, impl="reference")), argnums=range(5)))(*args).jaxpr
   assert largest_intermediate(reference) >= n * n
+
+
+@pytest.mark.parametrize("block_k, products", [
+    (64, [2, 3, 4]),  # flash attention's: q k^T, P V; + dO V^T, dS K; + dS^T Q, P^T dO
+    (32, [4, 7, 6]),  # + the one-hot bias (two per pass) and its gradients (two)
+])
+def test_gpu_row_blocks_add_no_products(block_k, products):
+  """vit_b's global grid (w = 64): key blocks of one grid row take the rel-pos bias
+  and its gradients without the one-hot products (forward, query and key kernels)."""
+  n, channels = 64 * 64, 64
+  spec = lambda last: jax.ShapeDtypeStruct((1, 1, n, last), jnp.float32)
+  loss = lambda *args: jnp.sum(ga.global_attention(
+      *args, impl="pallas_gpu", block_k=block_k, interpret=True))
+  args = (spec(channels), spec(channels), spec(channels), spec(64), spec(64))
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=range(5)))(*args).jaxpr
+  assert kernel_products(jaxpr) == products
+
+
+@pytest.mark.parametrize("options", [{}, {"impl": "pallas_gpu", "block_k": 32}], ids=str)
+def test_lowers_the_triton_kernels_for_cuda(options):
+  """vit_b's global grid, forward and backward lowered for CUDA (Pallas's Triton
+  lowering; compiling needs a GPU): 'auto' picks the Triton kernels, with row blocks
+  (block_k = w, the default) or the one-hot bias."""
+  q, rel = jnp.ones((1, 2, 64 * 64, 64)), jnp.ones((1, 2, 64 * 64, 64))
+  grads = jax.jit(jax.grad(lambda *args: jnp.sum(ga.global_attention(*args, **options)),
+                           argnums=range(5)))
+  text = grads.trace(q, q, q, rel, rel).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("@__gpu$xla.gpu.triton") == 3  # forward, query and key gradients
 
 
 @pytest.mark.parametrize("kwargs, match", [
