@@ -136,9 +136,11 @@ def main():
                                         "torch SPT", SPT_LAYOUT)
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     forward = jax.jit(model.apply)
+    forward_options, step_options = (
+        _cpu_options(on_gpu, scheduler, reduction, training, remat, attention)
+        for training in (False, True))
     compiled_forward, forward_compile = timed(lambda: forward.lower(
-        variables, image, prompts).compile(
-        _cpu_options(on_gpu, scheduler, reduction, False, remat, attention)))  # pylint: disable=cell-var-from-loop
+        variables, image, prompts).compile(forward_options))  # pylint: disable=cell-var-from-loop
     forward_time = min_time(lambda: jax.block_until_ready(compiled_forward(
         variables, image, prompts)), args.runs)  # pylint: disable=cell-var-from-loop
     trainable, frozen = partition(variables, SPT_TRAINABLE)
@@ -147,8 +149,7 @@ def main():
     train_step = jax.jit(step_lib.make_train_step(model, optimizer, LossSpec(),
                                                   prompt_config))
     compiled_step, step_compile = timed(lambda: train_step.lower(
-        train_state, frozen, batch).compile(
-        _cpu_options(on_gpu, scheduler, reduction, True, remat, attention)))  # pylint: disable=cell-var-from-loop
+        train_state, frozen, batch).compile(step_options))  # pylint: disable=cell-var-from-loop
     step_time = min_time(lambda: jax.block_until_ready(compiled_step(
         train_state, frozen, batch)), args.runs)  # pylint: disable=cell-var-from-loop
     forward_temp = compiled_forward.memory_analysis().temp_size_in_bytes

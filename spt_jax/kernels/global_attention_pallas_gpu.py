@@ -284,7 +284,7 @@ def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale, block_q=DEFAULT_B
                             lay.h_pad, lay.w_pad)
   q_, k_, v_, do_ = (lay.pad(x, cp) for x in (q, k, v, d_out))
   rel_h_, rel_w_ = lay.pad(rel_h, hp), lay.pad(rel_w, wp)
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  delta = rc.output_grad_dot(out, d_out)
   lse_, delta_ = (rc.pad_axis(x.reshape(bh, n), 1, lay.n_pad) for x in (lse, delta))
   onehots = lay.onehots()
   call = functools.partial(_call, cost=lay.cost(bh, 3, q.dtype.itemsize),

@@ -80,7 +80,7 @@ def backward(q, k, v, rel_h, rel_w, out, lse, d_out, *, scale,
   width = rel_w.shape[-1]
   block = min(n, max(width, block_q_bwd // width * width))
   rows = block // width
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)[:, :, None]
+  delta = rc.output_grad_dot(out, d_out)[:, :, None]
   lse = lse[:, :, None]
   # The rel-pos terms with queries last: (B, H, h, N) and (B, H, w, N).
   rel_h_t, rel_w_t = (jnp.swapaxes(x, 2, 3).astype(jnp.float32) for x in (rel_h, rel_w))

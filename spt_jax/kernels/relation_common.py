@@ -196,7 +196,7 @@ def score_grad(p, dp, delta):
 
 
 def output_grad_dot(out, d_out):
-  """delta = rowsum(dO * out): (B, N, D) twice -> (B, N) float32."""
+  """delta = rowsum(dO * out): (..., D) twice -> (...) float32."""
   return jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
 

@@ -24,22 +24,19 @@ from spt_jax.train.sharded_step import sharded_train_step
 from spt_jax.train.trainable import SPT_TRAINABLE
 
 XLA_REDUCTIONS = {"xla_cpu_experimental_ynn_fusion_type": cpu_compiler.YNN_FUSIONS}
+MEMORY_OPTIMISED = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
 def test_auto_picks_memory_optimised_for_train_steps_on_cpus():
   mesh = parallel.make_mesh(parallel.MeshSpec(shape=(1, 1, 1)))
-  memory_optimised = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-                      **XLA_REDUCTIONS}
-  assert cpu_compiler.options_for(mesh, "auto", True) == memory_optimised
+  assert cpu_compiler.options_for(mesh, "auto", True) == {**MEMORY_OPTIMISED,
+                                                          **XLA_REDUCTIONS}
   assert cpu_compiler.options_for(mesh, "auto", False) == {}
   assert cpu_compiler.options_for(mesh, "default", True) == XLA_REDUCTIONS
-  assert cpu_compiler.options_for(mesh, "memory_optimized", False) == {
-      "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+  assert cpu_compiler.options_for(mesh, "memory_optimized", False) == MEMORY_OPTIMISED
   for remat in ("blocks", "dots_with_no_batch_dims_saveable", True):
-    assert cpu_compiler.options_for(mesh, "auto", True, remat) == {
-        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  assert cpu_compiler.options_for(mesh, "auto", True, chunked_attention=True) == {
-      "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    assert cpu_compiler.options_for(mesh, "auto", True, remat) == MEMORY_OPTIMISED
+  assert cpu_compiler.options_for(mesh, "auto", True, chunked_attention=True) == MEMORY_OPTIMISED
   with pytest.raises(SptUserError, match="model.remat='everything'"):
     cpu_compiler.options_for(mesh, "auto", True, "everything")
   abstract = AbstractMesh((1, 1, 1), ("data", "fsdp", "model"),
